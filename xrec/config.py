@@ -1,0 +1,225 @@
+"""One Settings object, read from ``XREC_*`` environment variables (twelve-factor).
+
+Every knob of xrec lives here, with its environment name, default and meaning in one place, so the
+README's configuration table is generated from this file (``xrec config --markdown``) and a test
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+StoreBackend = Literal["edge", "qdrant"]
+LanguagePolicy = Literal["any", "prefer", "only"]
+
+DEFAULT_EVENT_WEIGHTS = (
+    "view=0.3,click=1.0,like=1.5,add_to_cart=2.0,purchase=3.0,review=1.5,dislike=-1.5,skip=-0.3"
+)
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "qdrant_api_key", "kafka_ssl_key_password"})
+
+
+class SettingsError(ValueError):
+    """A ``XREC_*`` variable holds a value that cannot be used; the message names the variable."""
+
+
+def _setting(default: Any, doc: str, env: str | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "env": env})
+
+
+def default_home() -> Path:
+    """Where caches (Kafka jars, the model, broker and store data) live unless ``XREC_HOME`` says."""
+    return Path(os.environ.get("XREC_HOME") or Path.home() / ".cache" / "xrec")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, the CLI and the benchmarks need to know, immutable once read."""
+
+    # --- paths -------------------------------------------------------------------------------
+    home: str = _setting("", "Cache root: Kafka jars, prepared model, local broker and store data (default ~/.cache/xrec).")
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap: str = _setting("", "Bootstrap servers of an existing Kafka cluster. Empty: the CLI starts and uses the local broker.")
+    broker_port: int = _setting(9092, "Port of the local broker that `xrec broker start` and the demo run.")
+    app_id: str = _setting("xrec", "Faust application id: consumer group and prefix of changelog topics.")
+    kafka_security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str = _setting("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
+    kafka_sasl_username: str = _setting("", "SASL user name.")
+    kafka_sasl_password: str = _setting("", "SASL password (never logged).")
+    kafka_ssl_cafile: str = _setting("", "CA bundle that signs the brokers' certificates.")
+    kafka_ssl_certfile: str = _setting("", "Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str = _setting("", "Client private key (mutual TLS).")
+    kafka_ssl_key_password: str = _setting("", "Password of the client private key (never logged).")
+    processing_guarantee: ProcessingGuarantee = _setting("at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions).")
+
+    # --- topics ------------------------------------------------------------------------------
+    topic_items: str = _setting("xrec.items", "Item upserts and deletes, keyed by item_id.")
+    topic_events: str = _setting("xrec.events", "Interaction events, keyed by user_id.")
+    topic_control: str = _setting("xrec.control", "Control commands such as forget_user.")
+    topic_recommendations: str = _setting("xrec.recommendations", "Output lists, keyed by user_id, compacted.")
+    topic_dlq: str = _setting("xrec.dlq", "Records that could not be processed, with the reason.")
+    partitions: int = _setting(4, "Partitions of the events, recommendations and control topics (the unit of scaling).")
+    item_partitions: int = _setting(1, "Partitions of the items topic.")
+
+    # --- encoder -----------------------------------------------------------------------------
+    model: str = _setting("intfloat/multilingual-e5-small", "Hugging Face hub id or local directory of the text encoder.")
+    device: str = _setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    max_tokens: int = _setting(256, "Texts are truncated to this many tokens before encoding.")
+    token_budget: int = _setting(8192, "Tokens (padded) per forward pass: bounds the encoder's memory.")
+    microbatch_wait_ms: float = _setting(2.0, "How long the micro-batcher waits to gather concurrent encode calls.")
+
+    # --- vector store ------------------------------------------------------------------------
+    store_backend: StoreBackend = _setting("edge", "edge (embedded Qdrant Edge) or qdrant (Qdrant server).")
+    store_path: str = _setting("", "Data directory of the edge store (default $XREC_HOME/store).")
+    qdrant_url: str = _setting("http://localhost:6333", "Qdrant server URL for the qdrant backend.")
+    qdrant_api_key: str = _setting("", "Qdrant API key (never logged).")
+    qdrant_prefer_grpc: bool = _setting(True, "Use gRPC to talk to the Qdrant server.")
+    collection: str = _setting("xrec_items", "Name of the item collection.")
+
+    # --- worker ------------------------------------------------------------------------------
+    web_host: str = _setting("127.0.0.1", "Address the worker's HTTP server (views and /metrics) binds to.")
+    web_port: int = _setting(6066, "Port of the worker's HTTP server (views and /metrics).")
+    batch_size: int = _setting(256, "Records an agent takes at most per batch.")
+    batch_within_ms: float = _setting(20.0, "How long an agent waits to fill a batch.")
+    dedup_window: int = _setting(200_000, "Event ids remembered per worker for duplicate detection.")
+    item_cache_size: int = _setting(100_000, "Item vectors kept in the worker's LRU cache.")
+    unknown_item_wait_s: float = _setting(30.0, "How long an event for a not-yet-known item waits before going to the DLQ.")
+    max_record_bytes: int = _setting(1_000_000, "Records larger than this go to the DLQ.")
+    max_text_chars: int = _setting(20_000, "Longer titles, bodies and review texts go to the DLQ.")
+    max_tags: int = _setting(64, "Items with more tags go to the DLQ.")
+
+    # --- user model --------------------------------------------------------------------------
+    interests_k: int = _setting(6, "Interest centroids kept per user.")
+    interest_threshold: float = _setting(0.75, "Cosine above which an event joins an existing interest instead of starting one.")
+    half_life_hours: float = _setting(72.0, "Half-life of interest weights, in event time.")
+    seen_max: int = _setting(500, "Recently seen items remembered per user (never recommended again).")
+    event_weights: str = _setting(DEFAULT_EVENT_WEIGHTS, "Weight of each event type; negative types push interests away.")
+    review_text_weight: float = _setting(0.5, "Share of the encoded review text in a review's vector (the rest is the item's).")
+
+    # --- ranking -----------------------------------------------------------------------------
+    list_length: int = _setting(10, "Items in each published list.")
+    candidates_per_interest: int = _setting(50, "Candidates fetched from the store per interest centroid.")
+    language_policy: LanguagePolicy = _setting("any", "any, prefer (boost the user's languages) or only (filter to them).")
+    language_weight: float = _setting(0.05, "Score bonus for the user's language affinity.")
+    negative_weight: float = _setting(0.5, "Weight of similarity to the user's dislikes.")
+    freshness_weight: float = _setting(0.0, "Score bonus for recent items.")
+    freshness_half_life_hours: float = _setting(48.0, "Half-life of the freshness bonus.")
+    trending_weight: float = _setting(0.0, "Score bonus for items clicked a lot recently.")
+    mmr_lambda: float = _setting(0.8, "MMR trade-off: 1 is pure relevance, lower adds diversity.")
+    coalesce_ms: float = _setting(0.0, "Extra wait to coalesce a burst of one user's events into one list.")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            hint = _HINTS[f.name]
+            allowed = get_args(hint)
+            if allowed and getattr(self, f.name) not in allowed:
+                raise SettingsError(f"{env_name(f.name)}={getattr(self, f.name)!r}: expected one of {', '.join(allowed)}")
+        if self.interests_k < 1:
+            raise SettingsError("XREC_INTERESTS_K must be at least 1")
+        parse_event_weights(self.event_weights)
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home) if self.home else default_home()
+
+    @property
+    def store_dir(self) -> Path:
+        return Path(self.store_path) if self.store_path else self.home_path / "store"
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return parse_event_weights(self.event_weights)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``XREC_*`` variable; ``overrides`` win (handy for CLI flags and tests)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.name, _HINTS[f.name], raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked: the only form that may be logged."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        return out
+
+
+_HINTS = get_type_hints(Settings)
+
+
+def env_name(field_name: str) -> str:
+    f = {f.name: f for f in fields(Settings)}[field_name]
+    return f.metadata.get("env") or "XREC_" + field_name.upper()
+
+
+def _coerce(name: str, hint: Any, raw: str) -> Any:
+    try:
+        if hint is bool:
+            low = raw.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{env_name(name)}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    return raw
+
+
+EVENT_TYPES = ("view", "click", "like", "add_to_cart", "purchase", "review", "dislike", "skip")
+
+
+def parse_event_weights(spec: str) -> dict[str, float]:
+    """``"view=0.3,click=1"`` → dict; every event type must end up with a weight."""
+    weights = dict(parse_pairs(DEFAULT_EVENT_WEIGHTS))
+    weights.update(parse_pairs(spec))
+    unknown = set(weights) - set(EVENT_TYPES)
+    if unknown:
+        raise SettingsError(f"XREC_EVENT_WEIGHTS names unknown event types: {', '.join(sorted(unknown))}")
+    return weights
+
+
+def parse_pairs(spec: str) -> list[tuple[str, float]]:
+    pairs = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        try:
+            pairs.append((key.strip(), float(value)))
+        except ValueError:
+            raise SettingsError(f"XREC_EVENT_WEIGHTS: cannot read {part!r} (expected type=weight)") from None
+        if not sep:
+            raise SettingsError(f"XREC_EVENT_WEIGHTS: cannot read {part!r} (expected type=weight)")
+    return pairs
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        rows.append(f"| `{env_name(f.name)}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows)

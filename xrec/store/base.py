@@ -1,0 +1,102 @@
+"""The VectorStore protocol: the one small surface the pipeline, evaluation and benchmarks use.
+
+Item ids are the catalog's own strings; backends map them to Qdrant point ids stably (UUIDv5) and
+keep the original id in the payload under ``item_id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Namespace for item-id → point-id mapping; changing it orphans every stored point.
+POINT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c43-9a52-8e2f0b1d3c77")
+
+#: Payload fields with an index, so filters on them stay fast as the catalog grows.
+INDEXED_PAYLOAD_FIELDS = ("lang", "category", "available")
+
+
+def point_id(item_id: str) -> str:
+    """The Qdrant point id of a catalog item id: stable across processes and backends."""
+    return str(uuid.uuid5(POINT_ID_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class ItemPoint:
+    """One item to upsert: its vector (float32, L2-normalized) and payload (lang, category, …)."""
+
+    item_id: str
+    vector: np.ndarray
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Payload conditions of a query; ``None`` means no condition on that field."""
+
+    langs: tuple[str, ...] | None = None
+    categories: tuple[str, ...] | None = None
+    available_only: bool = True
+
+
+@dataclass(frozen=True)
+class VectorQuery:
+    """One nearest-neighbour query of a batch."""
+
+    vector: np.ndarray
+    limit: int
+    filter: ItemFilter = field(default_factory=ItemFilter)
+    exclude_ids: Collection[str] = ()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A query result: cosine score, payload, and the vector when it was asked for."""
+
+    item_id: str
+    score: float
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    item_id: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+
+
+class StoreError(RuntimeError):
+    """A backend operation failed; the message names the operation and the backend."""
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Item vectors and their payloads, searchable by cosine similarity."""
+
+    name: str
+
+    async def ensure_collection(self, dim: int) -> None:
+        """Create the collection (cosine, payload indexes) if missing; check ``dim`` if present."""
+
+    async def upsert(self, points: Sequence[ItemPoint]) -> None:
+        """Insert or replace a batch of items."""
+
+    async def delete(self, item_ids: Sequence[str]) -> None:
+        """Remove items; unknown ids are ignored."""
+
+    async def fetch(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
+        """Vectors and payloads of the ids that exist (missing ids are absent from the result)."""
+
+    async def query_batch(self, queries: Sequence[VectorQuery], with_vectors: bool = False) -> list[list[Hit]]:
+        """Run several queries in one request; results come back in query order, best first."""
+
+    async def count(self) -> int:
+        """Number of items held."""
+
+    async def close(self) -> None:
+        """Flush and release files or connections."""
