@@ -18,9 +18,7 @@ ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 StoreBackend = Literal["edge", "qdrant"]
 LanguagePolicy = Literal["any", "prefer", "only"]
 
-DEFAULT_EVENT_WEIGHTS = (
-    "view=0.3,click=1.0,like=1.5,add_to_cart=2.0,purchase=3.0,review=1.5,dislike=-1.5,skip=-0.3"
-)
+DEFAULT_EVENT_WEIGHTS = "view=0.3,click=1.0,like=1.5,add_to_cart=2.0,purchase=3.0,review=1.5,dislike=-1.5,skip=-0.3"
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "qdrant_api_key", "kafka_ssl_key_password"})
 
 
@@ -42,10 +40,14 @@ class Settings:
     """Everything a worker, the CLI and the benchmarks need to know, immutable once read."""
 
     # --- paths -------------------------------------------------------------------------------
-    home: str = _setting("", "Cache root: Kafka jars, prepared model, local broker and store data (default ~/.cache/xrec).")
+    home: str = _setting(
+        "", "Cache root: Kafka jars, prepared model, local broker and store data (default ~/.cache/xrec)."
+    )
 
     # --- Kafka -------------------------------------------------------------------------------
-    kafka_bootstrap: str = _setting("", "Bootstrap servers of an existing Kafka cluster. Empty: the CLI starts and uses the local broker.")
+    kafka_bootstrap: str = _setting(
+        "", "Bootstrap servers of an existing Kafka cluster. Empty: the CLI starts and uses the local broker."
+    )
     broker_port: int = _setting(9092, "Port of the local broker that `xrec broker start` and the demo run.")
     app_id: str = _setting("xrec", "Faust application id: consumer group and prefix of changelog topics.")
     kafka_security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
@@ -56,7 +58,9 @@ class Settings:
     kafka_ssl_certfile: str = _setting("", "Client certificate (mutual TLS).")
     kafka_ssl_keyfile: str = _setting("", "Client private key (mutual TLS).")
     kafka_ssl_key_password: str = _setting("", "Password of the client private key (never logged).")
-    processing_guarantee: ProcessingGuarantee = _setting("at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions).")
+    processing_guarantee: ProcessingGuarantee = _setting(
+        "at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions)."
+    )
 
     # --- topics ------------------------------------------------------------------------------
     topic_items: str = _setting("xrec.items", "Item upserts and deletes, keyed by item_id.")
@@ -68,7 +72,9 @@ class Settings:
     item_partitions: int = _setting(1, "Partitions of the items topic.")
 
     # --- encoder -----------------------------------------------------------------------------
-    model: str = _setting("intfloat/multilingual-e5-small", "Hugging Face hub id or local directory of the text encoder.")
+    model: str = _setting(
+        "intfloat/multilingual-e5-small", "Hugging Face hub id or local directory of the text encoder."
+    )
     device: str = _setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     max_tokens: int = _setting(256, "Texts are truncated to this many tokens before encoding.")
     token_budget: int = _setting(8192, "Tokens (padded) per forward pass: bounds the encoder's memory.")
@@ -89,23 +95,36 @@ class Settings:
     batch_within_ms: float = _setting(20.0, "How long an agent waits to fill a batch.")
     dedup_window: int = _setting(200_000, "Event ids remembered per worker for duplicate detection.")
     item_cache_size: int = _setting(100_000, "Item vectors kept in the worker's LRU cache.")
-    unknown_item_wait_s: float = _setting(30.0, "How long an event for a not-yet-known item waits before going to the DLQ.")
+    unknown_item_wait_s: float = _setting(
+        30.0, "How long an event for a not-yet-known item waits before going to the DLQ."
+    )
     max_record_bytes: int = _setting(1_000_000, "Records larger than this go to the DLQ.")
     max_text_chars: int = _setting(20_000, "Longer titles, bodies and review texts go to the DLQ.")
     max_tags: int = _setting(64, "Items with more tags go to the DLQ.")
 
     # --- user model --------------------------------------------------------------------------
     interests_k: int = _setting(6, "Interest centroids kept per user.")
-    interest_threshold: float = _setting(0.75, "Cosine above which an event joins an existing interest instead of starting one.")
+    interest_threshold: float = _setting(
+        0.75, "Cosine above which an event joins an existing interest instead of starting one."
+    )
     half_life_hours: float = _setting(72.0, "Half-life of interest weights, in event time.")
     seen_max: int = _setting(500, "Recently seen items remembered per user (never recommended again).")
-    event_weights: str = _setting(DEFAULT_EVENT_WEIGHTS, "Weight of each event type; negative types push interests away.")
-    review_text_weight: float = _setting(0.5, "Share of the encoded review text in a review's vector (the rest is the item's).")
+    event_weights: str = _setting(
+        DEFAULT_EVENT_WEIGHTS, "Weight of each event type; negative types push interests away."
+    )
+    review_text_weight: float = _setting(
+        0.5, "Share of the encoded review text in a review's vector (the rest is the item's)."
+    )
 
     # --- ranking -----------------------------------------------------------------------------
     list_length: int = _setting(10, "Items in each published list.")
     candidates_per_interest: int = _setting(50, "Candidates fetched from the store per interest centroid.")
-    language_policy: LanguagePolicy = _setting("any", "any, prefer (boost the user's languages) or only (filter to them).")
+    interest_temperature: float = _setting(
+        20.0, "How sharply a candidate is scored by its best-matching interest (0: mean of interests)."
+    )
+    language_policy: LanguagePolicy = _setting(
+        "any", "any, prefer (boost the user's languages) or only (filter to them)."
+    )
     language_weight: float = _setting(0.05, "Score bonus for the user's language affinity.")
     negative_weight: float = _setting(0.5, "Weight of similarity to the user's dislikes.")
     freshness_weight: float = _setting(0.0, "Score bonus for recent items.")
@@ -119,7 +138,9 @@ class Settings:
             hint = _HINTS[f.name]
             allowed = get_args(hint)
             if allowed and getattr(self, f.name) not in allowed:
-                raise SettingsError(f"{env_name(f.name)}={getattr(self, f.name)!r}: expected one of {', '.join(allowed)}")
+                raise SettingsError(
+                    f"{env_name(f.name)}={getattr(self, f.name)!r}: expected one of {', '.join(allowed)}"
+                )
         if self.interests_k < 1:
             raise SettingsError("XREC_INTERESTS_K must be at least 1")
         parse_event_weights(self.event_weights)

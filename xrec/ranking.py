@@ -1,0 +1,248 @@
+"""From a profile to a list: candidate queries, scoring, MMR diversity, explanations, cold start.
+
+The score of a candidate x for a user with interests c_k (importances r_k) is
+
+    attention_k = softmax_k(τ·cos(x, c_k) + log r_k)        (which interest x speaks to)
+    interest    = Σ_k attention_k · cos(x, c_k)
+    score       = interest − β·strength·cos(x, dislikes) + γ·affinity(lang x) + φ·freshness(x) + ρ·trend(x)
+
+τ → ∞ is "best matching interest"; τ = 0 is the classic mean-of-history user. MMR then trades
+relevance for diversity with λ. Everything is numpy over the whole candidate matrix at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from xrec.config import Settings
+from xrec.events import RecommendedItem
+from xrec.profile import ProfileParams, UserProfile
+from xrec.store.base import Hit, ItemFilter, VectorQuery
+
+
+@dataclass(frozen=True)
+class RankParams:
+    list_length: int = 10
+    candidates_per_interest: int = 50
+    interest_temperature: float = 20.0
+    negative_weight: float = 0.5
+    language_policy: str = "any"
+    language_weight: float = 0.05
+    freshness_weight: float = 0.0
+    freshness_half_life_hours: float = 48.0
+    trending_weight: float = 0.0
+    mmr_lambda: float = 0.8
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RankParams:
+        return cls(
+            list_length=s.list_length,
+            candidates_per_interest=s.candidates_per_interest,
+            interest_temperature=s.interest_temperature,
+            negative_weight=s.negative_weight,
+            language_policy=s.language_policy,
+            language_weight=s.language_weight,
+            freshness_weight=s.freshness_weight,
+            freshness_half_life_hours=s.freshness_half_life_hours,
+            trending_weight=s.trending_weight,
+            mmr_lambda=s.mmr_lambda,
+        )
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate items as parallel arrays: the unit the scorer works on."""
+
+    ids: list[str]
+    vectors: np.ndarray  # (n, dim) float32, L2-normalized
+    langs: list[str]
+    ts: np.ndarray  # (n,) epoch ms, 0 when unknown
+
+    @classmethod
+    def from_hits(cls, hits: Sequence[Hit], dim: int) -> Candidates:
+        """Union of several queries' hits (first occurrence wins); hits must carry vectors."""
+        seen: dict[str, Hit] = {}
+        for hit in hits:
+            if hit.item_id not in seen and hit.vector is not None:
+                seen[hit.item_id] = hit
+        unique = list(seen.values())
+        vectors = np.vstack([h.vector for h in unique]).astype(np.float32) if unique else np.zeros((0, dim), np.float32)
+        return cls(
+            ids=[h.item_id for h in unique],
+            vectors=vectors,
+            langs=[str(h.payload.get("lang", "und")) for h in unique],
+            ts=np.asarray([int(h.payload.get("ts") or 0) for h in unique], np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def candidate_queries(profile: UserProfile, params: RankParams) -> list[VectorQuery]:
+    """One store query per interest, all with the user's exclusions and language filter."""
+    langs = tuple(profile.language_affinity()) if params.language_policy == "only" else None
+    item_filter = ItemFilter(langs=langs or None, available_only=True)
+    excluded = profile.excluded_ids()  # applied by the store, so every query still fills its limit
+    return [
+        VectorQuery(vector=c, limit=params.candidates_per_interest, filter=item_filter, exclude_ids=excluded)
+        for c in profile.centroids
+    ]
+
+
+def score_candidates(
+    profile: UserProfile,
+    cands: Candidates,
+    params: RankParams,
+    profile_params: ProfileParams,
+    now_ms: int,
+    trend: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance of every candidate, and the index of the interest each one answers (for ``because``)."""
+    if not len(cands):
+        return np.zeros(0), np.zeros(0, np.int64)
+    sims = cands.vectors @ profile.centroids.T  # (n, k)
+    importance = profile.importance(now_ms, profile_params)
+    rel = importance / max(float(importance.max()), 1e-12)
+    logits = params.interest_temperature * sims + np.log(np.maximum(rel, 1e-12))[None, :]
+    logits -= logits.max(axis=1, keepdims=True)
+    attention = np.exp(logits)
+    attention /= attention.sum(axis=1, keepdims=True)
+    score = (attention * sims).sum(axis=1)
+    neg_dir, neg_strength = profile.negative_direction()
+    if neg_dir is not None and params.negative_weight:
+        score -= params.negative_weight * neg_strength * (cands.vectors @ neg_dir)
+    if params.language_weight and params.language_policy != "any":
+        affinity = profile.language_affinity()
+        score += params.language_weight * np.asarray([affinity.get(lang, 0.0) for lang in cands.langs])
+    if params.freshness_weight:
+        age_h = np.maximum(0, now_ms - cands.ts) / 3_600_000.0
+        fresh = np.where(cands.ts > 0, np.exp2(-age_h / params.freshness_half_life_hours), 0.0)
+        score += params.freshness_weight * fresh
+    if params.trending_weight and trend:
+        score += params.trending_weight * np.asarray([trend.get(i, 0.0) for i in cands.ids])
+    return score, np.argmax(attention, axis=1)
+
+
+def mmr_select(vectors: np.ndarray, relevance: np.ndarray, n: int, lam: float) -> list[int]:
+    """Maximal marginal relevance: greedily pick relevant items unlike those already picked."""
+    count = len(relevance)
+    if count == 0 or n <= 0:
+        return []
+    if lam >= 1.0:
+        return [int(i) for i in np.argsort(-relevance, kind="stable")[:n]]
+    chosen: list[int] = []
+    max_sim = np.full(count, -np.inf)
+    available = np.ones(count, bool)
+    for _ in range(min(n, count)):
+        redundancy = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        gain = np.where(available, lam * relevance - (1 - lam) * redundancy, -np.inf)
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        available[pick] = False
+        max_sim = np.maximum(max_sim, vectors @ vectors[pick])
+    return chosen
+
+
+def rank(
+    profile: UserProfile,
+    cands: Candidates,
+    params: RankParams,
+    profile_params: ProfileParams,
+    now_ms: int,
+    trend: Mapping[str, float] | None = None,
+) -> list[RecommendedItem]:
+    """The published list: scored, diversified, each item explained by the user's item behind it."""
+    excluded = set(profile.seen) | set(profile.disliked)
+    keep = [i for i, item_id in enumerate(cands.ids) if item_id not in excluded]
+    if len(keep) != len(cands):
+        cands = Candidates(
+            ids=[cands.ids[i] for i in keep],
+            vectors=cands.vectors[keep],
+            langs=[cands.langs[i] for i in keep],
+            ts=cands.ts[keep],
+        )
+    score, interest_of = score_candidates(profile, cands, params, profile_params, now_ms, trend)
+    picks = mmr_select(cands.vectors, score, params.list_length, params.mmr_lambda)
+    return [
+        RecommendedItem(
+            item_id=cands.ids[i],
+            score=float(score[i]),
+            lang=cands.langs[i],
+            because=profile.anchors[int(interest_of[i])] if profile.anchors else None,
+        )
+        for i in picks
+    ]
+
+
+class Popularity:
+    """Decayed click counts per item and language: the cold-start list and the trending signal.
+
+    Counts live in the worker (each sees its partitions' events), decay with a half-life in event
+    time, and are pruned so memory stays bounded.
+    """
+
+    def __init__(self, half_life_hours: float = 24.0, max_items: int = 50_000) -> None:
+        self.decay_per_ms = math.log(2) / (half_life_hours * 3_600_000.0)
+        self.max_items = max_items
+        self.scores: dict[str, float] = {}  # stored relative to ``epoch`` to avoid decaying everything
+        self.langs: dict[str, str] = {}
+        self.epoch = 0
+
+    def add(self, item_id: str, lang: str, ts: int, weight: float = 1.0) -> None:
+        if not self.epoch:
+            self.epoch = ts
+        growth = self.decay_per_ms * (ts - self.epoch)
+        if growth > 50:  # re-base before exp overflows
+            self._rebase(ts)
+            growth = 0.0
+        self.scores[item_id] = self.scores.get(item_id, 0.0) + weight * math.exp(growth)
+        self.langs[item_id] = lang
+        if len(self.scores) > self.max_items * 1.2:
+            for item in sorted(self.scores, key=self.scores.__getitem__)[: len(self.scores) - self.max_items]:
+                del self.scores[item]
+                self.langs.pop(item, None)
+
+    def _rebase(self, ts: int) -> None:
+        factor = math.exp(-self.decay_per_ms * (ts - self.epoch))
+        self.scores = {k: v * factor for k, v in self.scores.items() if v * factor > 1e-9}
+        self.epoch = ts
+
+    def top(
+        self, n: int, langs: Sequence[str] | None = None, exclude: set[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """The n most popular items, optionally only in ``langs``, as (item_id, relative score)."""
+        exclude = exclude or set()
+        wanted = set(langs) if langs else None
+        ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
+        out = []
+        for item_id, s in ranked:
+            if item_id in exclude or (wanted is not None and self.langs.get(item_id) not in wanted):
+                continue
+            out.append((item_id, s))
+            if len(out) == n:
+                break
+        top = out[0][1] if out else 1.0
+        return [(i, s / top) for i, s in out]
+
+    def trend(self, item_ids: Sequence[str]) -> dict[str, float]:
+        """Popularity of the given items relative to the most popular one (0..1)."""
+        if not self.scores:
+            return {}
+        top = max(self.scores.values())
+        return {i: self.scores.get(i, 0.0) / top for i in item_ids}
+
+    def cold_start(
+        self, profile: UserProfile | None, n: int, preferred_langs: Sequence[str] = ()
+    ) -> list[RecommendedItem]:
+        """A list for a user with no positive history: popular in their languages, then anywhere."""
+        exclude = (set(profile.seen) | set(profile.disliked)) if profile else set()
+        langs = list(preferred_langs) or (list(profile.language_affinity()) if profile else [])
+        picks = self.top(n, langs, exclude) if langs else []
+        if len(picks) < n:
+            chosen = {i for i, _ in picks}
+            picks += [p for p in self.top(n + len(chosen), None, exclude | chosen)][: n - len(picks)]
+        return [RecommendedItem(item_id=i, score=s, lang=self.langs.get(i, "und")) for i, s in picks]
