@@ -79,6 +79,7 @@ class Settings:
     max_tokens: int = _setting(256, "Texts are truncated to this many tokens before encoding.")
     token_budget: int = _setting(8192, "Tokens (padded) per forward pass: bounds the encoder's memory.")
     microbatch_wait_ms: float = _setting(2.0, "How long the micro-batcher waits to gather concurrent encode calls.")
+    expect_gpu: bool = _setting(False, "This worker should encode on a GPU: exported as xrec_encoder_gpu_expected so an alert fires if it runs on CPU.")
 
     # --- vector store ------------------------------------------------------------------------
     store_backend: StoreBackend = _setting("edge", "edge (embedded Qdrant Edge) or qdrant (Qdrant server).")

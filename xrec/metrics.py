@@ -1,0 +1,355 @@
+"""Every Prometheus metric of xrec, in one place.
+
+The worker builds one :class:`XrecMetrics` and hands it to the pipeline; tests build their own. Each
+instance owns a private ``CollectorRegistry``, so nothing here is global mutable state and two
+instances never collide. The alert rules (``deploy/prometheus/alerts.yml``) and the Grafana
+dashboard (``deploy/grafana/xrec.json``) use only names this module exposes, and a test checks that.
+
+Label values stay low-cardinality: event types, outcomes and stages come from fixed sets (anything
+else is a programming error and raises), DLQ reasons are short snake_case codes such as
+``not_json`` (never an error message), topics and store operations are names from the code and the
+settings. User ids, item ids and messages never become labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from xrec import __version__
+from xrec.config import EVENT_TYPES, Settings
+
+log = logging.getLogger(__name__)
+
+#: ``type`` label of events whose type could not be read (malformed records still count as input).
+UNKNOWN_EVENT_TYPE = "unknown"
+EVENT_TYPE_LABELS = (*EVENT_TYPES, UNKNOWN_EVENT_TYPE)
+EVENT_OUTCOMES = ("processed", "duplicate", "dlq")
+ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
+STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
+STORE_BACKENDS = ("edge", "qdrant")
+STORE_OPERATIONS = ("ensure_collection", "upsert", "delete", "fetch", "query")
+
+#: The DLQ reason codes the pipeline is expected to use; they are pre-registered at zero so rates
+#: over them start from a known value. Other snake_case codes are accepted too (see ``dlq``).
+DLQ_REASONS = (
+    "not_json",
+    "invalid_utf8",
+    "missing_field",
+    "wrong_type",
+    "unknown_event_type",
+    "bad_timestamp",
+    "too_large",
+    "bad_vector",
+    "unknown_item",
+    "duplicate",
+    "encode_failed",
+    "store_failed",
+)
+#: A label-safe code: lower-case snake_case, short. Anything else (a message, a class name with
+#: dots, a value) is replaced by ``INVALID_REASON`` and logged once.
+REASON_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+INVALID_REASON = "invalid_reason_code"
+_NAME_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+EVENT_TO_PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ENCODER_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+ENCODER_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+LIST_LENGTH_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100)
+
+
+@dataclass(frozen=True)
+class MetricDoc:
+    """One exposed metric as an operator sees it: name on the wire, kind, labels, meaning."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    doc: str
+
+    def series_names(self) -> tuple[str, ...]:
+        """Names of the series Prometheus stores for this metric (what PromQL can select)."""
+        if self.kind == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count", f"{self.name}_created")
+        if self.kind == "counter":
+            return (self.name, self.name.removesuffix("_total") + "_created")
+        return (self.name,)
+
+
+class XrecMetrics:
+    """The worker's metrics and the small helpers the pipeline calls to update them."""
+
+    def __init__(
+        self,
+        *,
+        store_backend: str | None = None,
+        dlq_topics: Iterable[str] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.docs: list[MetricDoc] = []
+        self.store_backend = store_backend
+        self._reported_bad_reasons: set[str] = set()
+
+        self.events = self._counter(
+            "xrec_events_total",
+            "Records read from the events topic, by event type and outcome (processed, duplicate, dlq).",
+            ("type", "outcome"),
+        )
+        self.items = self._counter(
+            "xrec_items_total", "Records read from the items topic, by outcome (upserted, deleted, dlq).", ("outcome",)
+        )
+        self.event_to_publish = self._histogram(
+            "xrec_event_to_publish_seconds",
+            "From the event's own timestamp to the publication of the list it triggered.",
+            (),
+            EVENT_TO_PUBLISH_BUCKETS,
+        )
+        self.stage = self._histogram(
+            "xrec_stage_seconds",
+            "Time spent in one pipeline stage (decode, encode, profile, query, rank, publish) per call.",
+            ("stage",),
+            STAGE_BUCKETS,
+        )
+        self.encoder_batch_size = self._histogram(
+            "xrec_encoder_batch_size", "Texts per encoder forward pass.", (), ENCODER_BATCH_BUCKETS
+        )
+        self.encoder_batch_tokens = self._histogram(
+            "xrec_encoder_batch_tokens", "Padded tokens per encoder forward pass.", (), ENCODER_TOKEN_BUCKETS
+        )
+        self.encoder_info = self._gauge(
+            "xrec_encoder_info",
+            "Always 1; labels say which model runs on which device with which dtype.",
+            ("model", "device", "dtype"),
+        )
+        self.encoder_gpu_expected = self._gauge(
+            "xrec_encoder_gpu_expected",
+            "1 when this worker was told to run the encoder on a GPU (XREC_EXPECT_GPU or XREC_DEVICE=cuda…).",
+            (),
+        )
+        self.encoder_errors = self._counter("xrec_encoder_errors_total", "Encoder calls that raised.", ())
+        self.store_request = self._histogram(
+            "xrec_store_request_seconds",
+            "Vector store calls, failed ones included, by backend and operation.",
+            ("backend", "operation"),
+            STORE_BUCKETS,
+        )
+        self.store_errors = self._counter(
+            "xrec_store_errors_total",
+            "Vector store calls that raised, by backend and operation.",
+            ("backend", "operation"),
+        )
+        self.dlq_records = self._counter(
+            "xrec_dlq_records_total",
+            "Records sent to the dead-letter topic, by reason code and source topic.",
+            ("reason", "topic"),
+        )
+        self.consumer_lag = self._gauge(
+            "xrec_consumer_lag",
+            "Messages between this worker's committed position and the end of each assigned partition.",
+            ("topic", "partition"),
+        )
+        self.profiles = self._gauge("xrec_profiles", "User profiles held by this worker.", ())
+        self.items_indexed = self._gauge("xrec_items_indexed", "Items in the vector store, as last counted.", ())
+        self.lists_published = self._counter(
+            "xrec_lists_published_total", "Recommendation lists published to the output topic.", ()
+        )
+        self.list_length = self._histogram("xrec_list_length", "Items in each published list.", (), LIST_LENGTH_BUCKETS)
+        self.build_info = self._gauge(
+            "xrec_build_info",
+            "Always 1; labels say which xrec and Python version this worker runs.",
+            ("version", "python"),
+        )
+        self.worker_ready = self._gauge(
+            "xrec_worker_ready", "1 once the worker has recovered its tables and consumes; else 0.", ()
+        )
+
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+        self.worker_ready.set(0)
+        # Pre-register the known label sets at zero: a counter that appears only with its first
+        # increment loses that increment to rate(), and ratio alerts need both sides present.
+        for event_type in EVENT_TYPE_LABELS:
+            for outcome in EVENT_OUTCOMES:
+                self.events.labels(type=event_type, outcome=outcome)
+        for outcome in ITEM_OUTCOMES:
+            self.items.labels(outcome=outcome)
+        for stage in STAGES:
+            self.stage.labels(stage=stage)
+        if store_backend is not None:
+            self._check_backend(store_backend)
+            for operation in STORE_OPERATIONS:
+                self.store_request.labels(backend=store_backend, operation=operation)
+                self.store_errors.labels(backend=store_backend, operation=operation)
+        for topic in dlq_topics:
+            for reason in DLQ_REASONS:
+                self.dlq_records.labels(reason=reason, topic=topic)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> XrecMetrics:
+        """The worker's instance: store backend and topics from the settings, GPU expectation set."""
+        metrics = cls(
+            store_backend=settings.store_backend,
+            dlq_topics=(settings.topic_events, settings.topic_items, settings.topic_control),
+        )
+        metrics.set_gpu_expected(gpu_expected(settings))
+        return metrics
+
+    # --- registration ----------------------------------------------------------------------------
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+        self.docs.append(MetricDoc(name, "counter", labels, doc))
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+        self.docs.append(MetricDoc(name, "gauge", labels, doc))
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
+        self.docs.append(MetricDoc(name, "histogram", labels, doc))
+        return Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
+
+    def series_names(self) -> frozenset[str]:
+        """Every series name this instance can expose: what rules and dashboards may select."""
+        return frozenset(name for doc in self.docs for name in doc.series_names())
+
+    # --- events and items ------------------------------------------------------------------------
+    def event(self, event_type: str | None, outcome: str, count: int = 1) -> None:
+        """Count records of the events topic; an unreadable or unknown type counts as ``unknown``."""
+        if outcome not in EVENT_OUTCOMES:
+            raise ValueError(f"event outcome {outcome!r} is not one of {EVENT_OUTCOMES}")
+        label = event_type if event_type in EVENT_TYPES else UNKNOWN_EVENT_TYPE
+        self.events.labels(type=label, outcome=outcome).inc(count)
+
+    def item(self, outcome: str, count: int = 1) -> None:
+        if outcome not in ITEM_OUTCOMES:
+            raise ValueError(f"item outcome {outcome!r} is not one of {ITEM_OUTCOMES}")
+        self.items.labels(outcome=outcome).inc(count)
+
+    def dlq(self, reason: str, topic: str) -> None:
+        """Count one dead-lettered record. ``reason`` is a short code (``not_json``), never a message.
+
+        A reason that is not a code is counted under ``invalid_reason_code`` and logged once, rather
+        than raising: this runs on the error path, which must never stop a worker.
+        """
+        if not REASON_CODE.match(reason):
+            if reason not in self._reported_bad_reasons and len(self._reported_bad_reasons) < 100:
+                self._reported_bad_reasons.add(reason)
+                log.warning("DLQ reason %r is not a short snake_case code; counted as %s", reason, INVALID_REASON)
+            reason = INVALID_REASON
+        self.dlq_records.labels(reason=reason, topic=_checked_name("topic", topic)).inc()
+
+    # --- latency ---------------------------------------------------------------------------------
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        """Time the body as one call of ``stage``; failures are timed too."""
+        if stage not in STAGES:
+            raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+        child = self.stage.labels(stage=stage)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            child.observe(time.perf_counter() - start)
+
+    @contextmanager
+    def observe_store(self, operation: str, backend: str | None = None) -> Iterator[None]:
+        """Time one vector-store call and count it as an error if the body raises (then re-raise)."""
+        backend = backend or self.store_backend
+        if backend is None:
+            raise ValueError("observe_store needs a backend: pass it or build XrecMetrics(store_backend=...)")
+        self._check_backend(backend)
+        operation = _checked_name("operation", operation)
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.store_errors.labels(backend=backend, operation=operation).inc()
+            raise
+        finally:
+            self.store_request.labels(backend=backend, operation=operation).observe(time.perf_counter() - start)
+
+    def list_published(self, length: int, event_ts_ms: float | None = None, now_ms: float | None = None) -> None:
+        """Count one published list; with the triggering event's timestamp, observe event-to-publish.
+
+        Producer clocks can run ahead of the worker's: a negative delay is observed as 0 rather than
+        corrupting the histogram's sum.
+        """
+        self.lists_published.inc()
+        self.list_length.observe(length)
+        if event_ts_ms is not None:
+            now = time.time() * 1000.0 if now_ms is None else now_ms
+            self.event_to_publish.observe(max(0.0, (now - event_ts_ms) / 1000.0))
+
+    # --- encoder ---------------------------------------------------------------------------------
+    def encoder_batch(self, size: int, tokens: int) -> None:
+        self.encoder_batch_size.observe(size)
+        self.encoder_batch_tokens.observe(tokens)
+
+    def encoder_error(self) -> None:
+        self.encoder_errors.inc()
+
+    def set_encoder(self, model: str, device: str, dtype: str) -> None:
+        """Say which encoder runs where; replaces any earlier value (one series at a time)."""
+        self.encoder_info.clear()
+        self.encoder_info.labels(model=model, device=device, dtype=dtype).set(1)
+
+    def set_gpu_expected(self, expected: bool) -> None:
+        self.encoder_gpu_expected.set(1 if expected else 0)
+
+    # --- state -----------------------------------------------------------------------------------
+    def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic=_checked_name("topic", topic), partition=str(partition)).set(max(0, lag))
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the lag series of a partition this worker no longer owns (after a rebalance)."""
+        with suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
+
+    def set_profiles(self, count: int) -> None:
+        self.profiles.set(count)
+
+    def set_items_indexed(self, count: int) -> None:
+        self.items_indexed.set(count)
+
+    def set_ready(self, ready: bool) -> None:
+        self.worker_ready.set(1 if ready else 0)
+
+    # --- exposition ------------------------------------------------------------------------------
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type, negotiated from the scraper's Accept header."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def _check_backend(self, backend: str) -> None:
+        if backend not in STORE_BACKENDS:
+            raise ValueError(f"store backend {backend!r} is not one of {STORE_BACKENDS}")
+
+
+def gpu_expected(settings: Settings) -> bool:
+    """Whether the operator asked for a GPU: explicitly, or by naming a CUDA device."""
+    return settings.expect_gpu or settings.device.startswith("cuda")
+
+
+def _checked_name(what: str, value: str) -> str:
+    if not _NAME_CODE.match(value):
+        raise ValueError(f"{what} label {value!r} is not a plain name")
+    return value
+
+
+def metrics_table_markdown(metrics: XrecMetrics | None = None) -> str:
+    """The operator docs' metrics table, generated so it cannot drift from the code."""
+    metrics = metrics or XrecMetrics()
+    rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for doc in metrics.docs:
+        labels = ", ".join(f"`{label}`" for label in doc.labels) or "–"
+        rows.append(f"| `{doc.name}` | {doc.kind} | {labels} | {doc.doc} |")
+    return "\n".join(rows)
