@@ -98,5 +98,12 @@ class VectorStore(Protocol):
     async def count(self) -> int:
         """Number of items held."""
 
+    async def optimize(self) -> bool:
+        """Merge segments and build the vector index after a bulk load; True if anything changed.
+
+        Expensive (tens of seconds per 20k items on a small machine), so callers decide when: after a
+        bulk load, before serving. A backend whose engine optimizes by itself returns False.
+        """
+
     async def close(self) -> None:
         """Flush and release files or connections."""

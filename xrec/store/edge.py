@@ -1,0 +1,335 @@
+"""The ``edge`` backend: Qdrant Edge embedded in the process, persistent on disk (segments + WAL).
+
+Threading. Edge is synchronous Rust; every call runs on one dedicated thread (a single-thread
+executor), which keeps writes and reads in submission order and never touches the shard from two
+threads. qdrant-edge-py 0.9.0 does *not* release the GIL while it works (measured: a spinning Python
+thread advanced at ~0.5% of its normal rate during a 15 s ``optimize()`` and ~10% during a batch of
+exact queries), so the thread keeps calls off the event loop's stack but a long call still pauses the
+loop for its duration. Queries and upserts take milliseconds, which is fine; ``optimize()`` takes tens
+of seconds, so it runs in a child process (see below) while the loop keeps serving Kafka.
+
+Indexing. Edge runs no background optimizer: points land in an appendable segment that is searched
+exactly until ``optimize()`` is called. An exact search over 20k 384-d vectors costs a few ms, so
+collections below ``index_threshold`` items are never HNSW-indexed (the engine's indexing threshold
+is set from it); above it, callers run ``optimize()`` after a bulk load (``xrec`` commands that load a
+catalog do) or at a quiet moment. Nothing optimizes on its own in the hot path.
+
+``optimize()`` closes the shard, runs ``EdgeShard.optimize`` in a child Python process on the same
+directory (the WAL lock allows one opener), then reopens it. Other calls wait in the executor queue
+meanwhile; the event loop is free because the executor thread only waits on the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from xrec.store.base import (
+    INDEXED_PAYLOAD_FIELDS,
+    Hit,
+    ItemPoint,
+    StoredItem,
+    StoreError,
+    VectorQuery,
+    point_id,
+)
+from xrec.store.points import (
+    as_vector,
+    excluded_point_ids,
+    item_id_of,
+    prepare_upsert,
+    runnable,
+    vector_matrix,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Points per Edge update operation: bounds the size of one WAL record and one Python→Rust conversion.
+UPSERT_BATCH = 2048
+
+#: Payload index type of each indexed field.
+_FIELD_SCHEMA = {
+    "lang": qe.PayloadSchemaType.Keyword,
+    "category": qe.PayloadSchemaType.Keyword,
+    "available": qe.PayloadSchemaType.Bool,
+}
+
+#: qdrant-edge-py 0.9.0 turns ``MatchValue(True)`` into the integer 1, which matches no boolean payload
+#: (so every "available" query came back empty); a numpy bool reaches the engine as a real bool.
+_MATCH_TRUE = qe.MatchValue(np.bool_(True))  # type: ignore[arg-type]
+
+_OPTIMIZE_CHILD = (
+    "import sys, qdrant_edge\n"
+    "shard = qdrant_edge.EdgeShard.load(sys.argv[1])\n"
+    "changed = shard.optimize()\n"
+    "shard.flush()\n"
+    "shard.close()\n"
+    "print('changed' if changed else 'unchanged')\n"
+)
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """How the shard would answer a query now: ``indexed`` vectors are in HNSW, the rest are scanned."""
+
+    points: int
+    indexed_vectors: int
+    segments: int
+
+    @property
+    def search(self) -> str:
+        if self.indexed_vectors == 0:
+            return "exact"
+        return "hnsw" if self.indexed_vectors >= self.points else "hnsw+exact"
+
+
+class EdgeStore:
+    """Item vectors in an embedded Qdrant Edge shard at ``path``."""
+
+    name = "edge"
+
+    def __init__(self, path: str | Path, *, dim: int | None = None, index_threshold: int = 20_000) -> None:
+        self.path = Path(path)
+        self.index_threshold = index_threshold
+        self._dim = dim
+        self._shard: qe.EdgeShard | None = None
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrec-edge")
+
+    @property
+    def dim(self) -> int | None:
+        return self._dim
+
+    # --- protocol --------------------------------------------------------------------------------
+    async def ensure_collection(self, dim: int) -> None:
+        await self._call("ensure_collection", self._open_sync, dim)
+
+    async def upsert(self, points: Sequence[ItemPoint]) -> None:
+        if not points:
+            return
+        await self._ready()
+        await self._call("upsert", self._upsert_sync, list(points))
+
+    async def delete(self, item_ids: Sequence[str]) -> None:
+        if not item_ids:
+            return
+        await self._ready()
+        op = qe.UpdateOperation.delete_points([point_id(i) for i in dict.fromkeys(item_ids)])
+        await self._call("delete", self._apply_sync, [op])
+
+    async def fetch(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
+        if not item_ids:
+            return {}
+        await self._ready()
+        ids: list[qe.PointId] = [point_id(i) for i in dict.fromkeys(item_ids)]
+        records = await self._call("fetch", lambda: self._require().retrieve(ids, with_payload=True, with_vector=True))
+        out: dict[str, StoredItem] = {}
+        for rec in records:
+            payload = dict(rec.payload or {})
+            item_id = item_id_of(payload, rec.id)
+            out[item_id] = StoredItem(item_id=item_id, vector=as_vector(rec.vector), payload=payload)
+        return out
+
+    async def query_batch(self, queries: Sequence[VectorQuery], with_vectors: bool = False) -> list[list[Hit]]:
+        results: list[list[Hit]] = [[] for _ in queries]
+        todo = runnable(queries)
+        if not todo:
+            return results
+        await self._ready()
+        answers = await self._call("query", self._query_sync, [queries[i] for i in todo], with_vectors)
+        for i, hits in zip(todo, answers, strict=True):
+            results[i] = hits
+        return results
+
+    async def count(self) -> int:
+        await self._ready()
+        return int(await self._call("count", lambda: self._require().count(qe.CountRequest(exact=True))))
+
+    async def optimize(self) -> bool:
+        await self._ready()
+        return bool(await self._call("optimize", self._optimize_sync))
+
+    async def close(self) -> None:
+        """Flush and close the shard so a later process reopens it with every write in place."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    # --- edge extras -----------------------------------------------------------------------------
+    async def index_state(self) -> IndexState:
+        """Points, HNSW-indexed vectors and segments: tells whether queries are exact or indexed."""
+        await self._ready()
+        info = await self._call("info", lambda: self._require().info())
+        return IndexState(
+            points=info.points_count, indexed_vectors=info.indexed_vectors_count, segments=info.segments_count
+        )
+
+    async def flush(self) -> None:
+        await self._ready()
+        await self._call("flush", lambda: self._require().flush())
+
+    # --- on the edge thread ----------------------------------------------------------------------
+    async def _ready(self) -> None:
+        """Open lazily: with a known dim, create or check the shard; without, attach to an existing one."""
+        if self._shard is None:
+            await self._call("open", self._open_sync, self._dim)
+
+    async def _call(self, op: str, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreError(f"edge store {self.path}: {op} after close")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"edge store {self.path}: {op} failed: {exc}") from exc
+
+    def _require(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise StoreError(f"edge store {self.path}: not open")
+        return self._shard
+
+    def _config(self, dim: int) -> qe.EdgeConfig:
+        vector_kb = max(1, (self.index_threshold * dim * 4) // 1024)
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=vector_kb),
+        )
+
+    def _exists(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def _open_sync(self, dim: int | None) -> None:
+        if self._shard is not None:
+            if dim is None or dim == self._dim:
+                return
+            if self._dim is not None:
+                raise StoreError(f"edge store {self.path} holds {self._dim}-d vectors, asked for {dim}-d")
+            # Attached without a size: reopen with the config so the engine checks the size on disk.
+            self._close_sync()
+        if self._exists():
+            try:
+                shard = qe.EdgeShard.load(str(self.path), self._config(dim) if dim is not None else None)
+            except Exception as exc:
+                raise StoreError(
+                    f"edge store {self.path} cannot be opened for {dim}-d cosine vectors: {exc}. "
+                    "Point XREC_STORE_PATH elsewhere or remove that directory to rebuild it."
+                    if dim is not None
+                    else f"edge store {self.path} cannot be opened: {exc}"
+                ) from exc
+            log.info("edge store opened at %s (%d items)", self.path, shard.count(qe.CountRequest(exact=True)))
+        elif dim is None:
+            raise StoreError(f"edge store {self.path} does not exist yet and no vector size was given to create it")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            shard = qe.EdgeShard.create(str(self.path), self._config(dim))
+            log.info("edge store created at %s (%d-d, cosine)", self.path, dim)
+        missing = [f for f in INDEXED_PAYLOAD_FIELDS if f not in shard.info().payload_schema]
+        for name in missing:
+            shard.update(qe.UpdateOperation.create_field_index(name, _FIELD_SCHEMA[name]))
+        self._shard = shard
+        self._dim = dim
+
+    def _apply_sync(self, ops: list[qe.UpdateOperation]) -> None:
+        shard = self._require()
+        for op in ops:
+            shard.update(op)
+
+    def _upsert_sync(self, points: list[ItemPoint]) -> None:
+        """Convert and write on the edge thread: building Points costs ~60 µs each, too much for the loop."""
+        shard = self._require()
+        batch = prepare_upsert(points, self._dim)
+        for ids, vecs, pays in _chunks(batch.ids, batch.vectors, batch.payloads, size=UPSERT_BATCH):
+            pts = [qe.Point(pid, vec, payload) for pid, vec, payload in zip(ids, vecs, pays, strict=True)]
+            shard.update(qe.UpdateOperation.upsert_points(pts))
+
+    def _query_sync(self, queries: list[VectorQuery], with_vectors: bool) -> list[list[Hit]]:
+        shard = self._require()
+        matrix = vector_matrix([q.vector for q in queries], self._dim, "query")
+        requests = [_query_request(q, vec, with_vectors) for q, vec in zip(queries, matrix.tolist(), strict=True)]
+        answers = shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[_hit(sp, with_vectors) for sp in scored] for scored in answers]
+
+    def _optimize_sync(self) -> bool:
+        shard = self._require()
+        shard.flush()
+        shard.close()
+        self._shard = None
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _OPTIMIZE_CHILD, str(self.path)], capture_output=True, text=True, check=False
+            )
+        finally:
+            self._shard = qe.EdgeShard.load(str(self.path))
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise StoreError(f"edge store {self.path}: optimize child exited with {done.returncode}: {tail[0]}")
+        info = self._shard.info()
+        log.info(
+            "edge store optimized in %.1fs: %d points, %d in HNSW, %d segments",
+            time.perf_counter() - started,
+            info.points_count,
+            info.indexed_vectors_count,
+            info.segments_count,
+        )
+        return done.stdout.strip() == "changed"
+
+    def _close_sync(self) -> None:
+        if self._shard is not None:
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None
+
+
+def _chunks(*columns: list[Any], size: int) -> list[tuple[list[Any], ...]]:
+    n = len(columns[0])
+    return [tuple(col[i : i + size] for col in columns) for i in range(0, n, size)]
+
+
+def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) -> qe.QueryRequest:
+    f = query.filter
+    must: list[qe.ConditionType] = []
+    if f.available_only:
+        must.append(qe.FieldCondition("available", match=_MATCH_TRUE))
+    if f.langs is not None:
+        must.append(qe.FieldCondition("lang", match=qe.MatchAny(list(f.langs))))
+    if f.categories is not None:
+        must.append(qe.FieldCondition("category", match=qe.MatchAny(list(f.categories))))
+    excluded = excluded_point_ids(query)
+    must_not: list[qe.ConditionType] = [qe.HasIdCondition(set(excluded))] if excluded else []
+    flt = qe.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+    return qe.QueryRequest(
+        limit=query.limit,
+        query=qe.Query.Nearest(vector),
+        filter=flt,
+        with_payload=True,
+        with_vector=with_vectors,
+    )
+
+
+def _hit(sp: qe.ScoredPoint, with_vectors: bool) -> Hit:
+    payload = dict(sp.payload or {})
+    return Hit(
+        item_id=item_id_of(payload, sp.id),
+        score=float(sp.score),
+        payload=payload,
+        vector=as_vector(sp.vector) if with_vectors and sp.vector is not None else None,
+    )
