@@ -88,6 +88,7 @@ class Settings:
     qdrant_api_key: str = _setting("", "Qdrant API key (never logged).")
     qdrant_prefer_grpc: bool = _setting(True, "Use gRPC to talk to the Qdrant server.")
     collection: str = _setting("xrec_items", "Name of the item collection.")
+    store_index_threshold: int = _setting(20_000, "Edge store: below this many items search stays exact; `optimize()` builds the HNSW index only above it.")
 
     # --- worker ------------------------------------------------------------------------------
     web_host: str = _setting("127.0.0.1", "Address the worker's HTTP server (views and /metrics) binds to.")
