@@ -56,6 +56,7 @@ class UserProfile:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     disliked: OrderedDict[str, None] = field(default_factory=OrderedDict)
     languages: dict[str, float] = field(default_factory=dict)
+    event_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)  # recent event fingerprints
     last_ts: int = 0
     events: int = 0
 
@@ -90,6 +91,17 @@ class UserProfile:
         return list(self.seen) + [i for i in self.disliked if i not in self.seen]
 
     # --- updating ----------------------------------------------------------------------------
+    def remember_event(self, fingerprint: str, window: int) -> bool:
+        """Record an event id; False if it was already seen (a redelivery to absorb).
+
+        Kept in the profile, so the dedup window moves with the user's partition and survives
+        restarts through the changelog, exactly like the state it protects.
+        """
+        if fingerprint in self.event_ids:
+            return False
+        self._remember(self.event_ids, fingerprint, window)
+        return True
+
     def observe(
         self,
         vector: np.ndarray,
@@ -131,7 +143,7 @@ class UserProfile:
         if len(self.weights):
             sims = self.centroids @ vector
             best = int(np.argmax(sims))
-            if sims[best] >= params.threshold:
+            if sims[best] >= params.threshold or params.k == 1:  # one interest: the mean of history
                 self._blend(best, vector, w)
                 self.anchors[best] = item_id
                 return
@@ -193,6 +205,7 @@ class UserProfile:
                 "nw": self.negative_weight,
                 "s": list(self.seen),
                 "d": list(self.disliked),
+                "x": list(self.event_ids),
                 "l": self.languages,
                 "t": self.last_ts,
                 "e": self.events,
@@ -225,6 +238,7 @@ class UserProfile:
             negative_weight=float(meta["nw"]),
             seen=OrderedDict.fromkeys(meta["s"]),
             disliked=OrderedDict.fromkeys(meta["d"]),
+            event_ids=OrderedDict.fromkeys(meta["x"]),
             languages=dict(meta["l"]),
             last_ts=int(meta["t"]),
             events=int(meta["e"]),

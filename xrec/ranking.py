@@ -70,7 +70,7 @@ class Candidates:
             if hit.item_id not in seen and hit.vector is not None:
                 seen[hit.item_id] = hit
         unique = list(seen.values())
-        vectors = np.vstack([h.vector for h in unique]).astype(np.float32) if unique else np.zeros((0, dim), np.float32)
+        vectors = np.vstack([np.asarray(h.vector) for h in unique]).astype(np.float32) if unique else np.zeros((0, dim), np.float32)
         return cls(
             ids=[h.item_id for h in unique],
             vectors=vectors,

@@ -1,0 +1,100 @@
+"""The Faust application of a worker, built from Settings and a Runtime (no module-level app).
+
+``create_app`` declares the topics, the profile table, the agents, the item indexer and the web
+views; ``xrec worker`` runs it. Profiles live in a Faust table of raw bytes with a changelog
+topic, keyed by user_id and partitioned by the producer's partitioner (``use_partitioner``), which
+puts each profile on the same partition number as the user's events.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from streams.agents import register_agents
+from streams.items import start_indexer
+from streams.runtime import Runtime
+from streams.topics import topic_specs
+from streams.views import register_views
+from xrec import __version__
+from xrec.config import Settings
+from xrec.kafka import KafkaConnection, create_topics, faust_app_kwargs
+
+log = logging.getLogger(__name__)
+
+PROFILE_TABLE = "profiles"
+
+
+def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
+    settings = runtime.settings
+    app = faust.App(
+        settings.app_id,
+        **faust_app_kwargs(settings, bootstrap),
+        store="memory://",
+        datadir=str(faust_datadir(settings)),
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        producer_linger_ms=5,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+        table_cleanup_interval=300.0,
+        version=1,
+        autodiscover=False,
+        origin="streams",
+    )
+    profiles = app.Table(
+        PROFILE_TABLE,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+        use_partitioner=True,
+        help="User profiles (xrec.profile.UserProfile bytes), keyed by user_id.",
+    )
+    register_agents(app, runtime, profiles)
+    register_views(app, runtime, profiles)
+
+    @app.on_before_configured.connect  # type: ignore[misc]
+    def _log_settings(sender: Any, **kwargs: Any) -> None:
+        log.info("xrec %s worker settings: %s", __version__, runtime.settings.redacted())
+
+    @app.task
+    async def index_items() -> None:
+        runtime.indexer_task = start_indexer(runtime, bootstrap)
+
+    @app.timer(interval=5.0, name="xrec.consumer-lag")
+    async def report_consumer_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            position = consumer._committed_offset.get(tp)  # what this worker has finished
+            highwater = consumer.highwater(tp)
+            if highwater is not None and position is not None:
+                runtime.metrics.set_consumer_lag(tp.topic, tp.partition, highwater - position - 1)
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def _forget_lag(sender: Any, revoked: set, **kwargs: Any) -> None:
+        for tp in revoked:
+            runtime.metrics.forget_partition(tp.topic, tp.partition)
+
+    return app
+
+
+async def prepare_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create xrec's topics before the worker subscribes, so none is auto-created with 1 partition."""
+    return await create_topics(KafkaConnection.from_settings(settings, bootstrap), topic_specs(settings))
+
+
+def faust_datadir(settings: Settings) -> Path:
+    return settings.home_path / "faust" / settings.app_id

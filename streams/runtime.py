@@ -1,0 +1,93 @@
+"""What a worker holds besides the Faust app: settings, encoder, store, metrics, the engine.
+
+Agents, the item indexer and the web views all reach these through one ``Runtime`` object that the
+app owns, so there is no module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.topics import TopicNames
+from xrec.config import Settings
+from xrec.events import Limits, RecommendationList, dlq_record
+from xrec.metrics import XrecMetrics
+from xrec.pipeline import Encoder, Recommender
+from xrec.store.base import VectorStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatestLists:
+    """The most recent list per user this worker published, for ``GET /recommendations/{user}``.
+
+    Bounded; the compacted recommendations topic stays the source of truth for all users.
+    """
+
+    capacity: int = 100_000
+    _lists: OrderedDict[str, RecommendationList | None] = field(default_factory=OrderedDict)
+
+    def put(self, user_id: str, lst: RecommendationList | None) -> None:
+        self._lists[user_id] = lst
+        self._lists.move_to_end(user_id)
+        if len(self._lists) > self.capacity:
+            self._lists.popitem(last=False)
+
+    def get(self, user_id: str) -> RecommendationList | None:
+        return self._lists.get(user_id)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: VectorStore
+    encoder: Encoder | None
+    metrics: XrecMetrics
+    dim: int
+    topics: TopicNames = field(init=False)
+    limits: Limits = field(init=False)
+    recommender: Recommender = field(init=False)
+    latest: LatestLists = field(default_factory=LatestLists)
+    engine_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    started: bool = False
+    items_caught_up: bool = False
+    indexer_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.topics = TopicNames.from_settings(self.settings)
+        self.limits = Limits.from_settings(self.settings, vector_dim=self.dim)
+        self.recommender = Recommender(self.settings, self.store, self.encoder, self.metrics, dim=self.dim)
+
+    async def ensure_started(self) -> None:
+        """Create the collection once, from whichever task gets here first."""
+        async with self.engine_lock:
+            if not self.started:
+                await self.recommender.start()
+                self.started = True
+
+    def dlq_value(self, *, message: Any, reason: str, error: str, exception: str = "RecordError") -> bytes:
+        """The DLQ record for a Faust/aiokafka message (anything with topic/partition/offset/key/value)."""
+        return dlq_record(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value,
+            reason=reason,
+            error=error,
+            exception=exception,
+            failed_at_ms=int(time.time() * 1000),
+        )
+
+
+def load_encoder(settings: Settings) -> Any:
+    """The text encoder for this worker; says which model, device and dtype it runs on."""
+    from xrec.encoder import TextEncoder
+
+    return TextEncoder(settings=settings)

@@ -1,0 +1,65 @@
+"""Web views on the worker: the latest list of a user, liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+
+from streams.runtime import Runtime
+
+
+def register_views(app: faust.App, runtime: Runtime, profiles: faust.Table) -> None:
+    @app.page("/recommendations/{user_id}")
+    class RecommendationsView(View):
+        """The latest list this worker published for a user (404 if none since it started)."""
+
+        async def get(self, request: Request, user_id: str) -> Response:
+            lst = runtime.latest.get(user_id)
+            if lst is None:
+                known = user_id.encode() in profiles
+                return self.json(
+                    {"user_id": user_id, "error": "no list published by this worker yet", "profile": known}, status=404
+                )
+            return self.bytes(lst.to_json(), content_type="application/json")
+
+    @app.page("/healthz")
+    class HealthView(View):
+        """Alive: the process answers HTTP."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    class ReadyView(View):
+        """Ready once tables are recovered, the store and model are loaded and items are caught up."""
+
+        async def get(self, request: Request) -> Response:
+            checks = readiness(app, runtime)
+            ready = all(checks.values())
+            runtime.metrics.set_ready(ready)
+            return self.bytes(
+                orjson.dumps({"ready": ready, "checks": checks}),
+                content_type="application/json",
+                status=200 if ready else 503,
+            )
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        """Prometheus exposition of this worker's metrics."""
+
+        async def get(self, request: Request) -> Response:
+            runtime.metrics.set_ready(all(readiness(app, runtime).values()))
+            body, content_type = runtime.metrics.render(request.headers.get("Accept"))
+            return self.bytes(body, content_type=content_type.split(";")[0], headers={"Content-Type": content_type})
+
+
+def readiness(app: faust.App, runtime: Runtime) -> dict[str, Any]:
+    recovery = app.tables.recovery
+    return {
+        "store_and_model": runtime.started,
+        "tables_recovered": bool(recovery.completed.is_set()) and not app.rebalancing,
+        "items_caught_up": runtime.items_caught_up,
+    }

@@ -1,0 +1,49 @@
+"""Start a worker: broker, topics, encoder, store, metrics, then the Faust app until a signal."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streams.app import create_app, prepare_topics
+from streams.runtime import Runtime, load_encoder
+from xrec.config import Settings
+from xrec.kafka import run_blocking
+from xrec.metrics import XrecMetrics
+from xrec.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(settings: Settings, *, with_encoder: bool = True, dim: int | None = None) -> Runtime:
+    """Load the model and open the store; ``with_encoder=False`` runs on precomputed vectors only."""
+    metrics = XrecMetrics.for_settings(settings)
+    encoder = load_encoder(settings) if with_encoder else None
+    if encoder is not None:
+        dim = encoder.dim
+        metrics.set_encoder(encoder.model_name, str(encoder.device), str(encoder.dtype).removeprefix("torch."))
+    if dim is None:
+        raise ValueError("a worker without an encoder needs the vector dimension (XREC_VECTOR_DIM)")
+    store = open_store(settings, dim=dim)
+    return Runtime(settings=settings, store=store, encoder=encoder, metrics=metrics, dim=dim)
+
+
+def run_worker(
+    settings: Settings, bootstrap: str, *, with_encoder: bool = True, dim: int | None = None, loglevel: str = "info"
+) -> None:
+    created = run_blocking(lambda: prepare_topics(settings, bootstrap), timeout_s=60)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    runtime = build_runtime(settings, with_encoder=with_encoder, dim=dim)
+    app = create_app(runtime, bootstrap)
+    log.info(
+        "worker %s: broker %s, store %s, web http://%s:%d (/metrics, /readyz, /recommendations/{user})",
+        settings.app_id,
+        bootstrap,
+        runtime.store.name,
+        settings.web_host,
+        settings.web_port,
+    )
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

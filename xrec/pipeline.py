@@ -1,0 +1,343 @@
+"""The recommender engine a worker runs, batch by batch, with no Faust in it.
+
+``streams/`` hands it parsed records and a mapping of stored profiles (a Faust table in the worker,
+a dict in tests and evaluation); it returns what to publish. Per batch it does each expensive thing
+once: one forward pass for all texts, one store fetch for unknown item vectors, one batched store
+query for every user touched, one list per user however many of their events the batch held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from xrec.config import Settings
+from xrec.events import (
+    Interaction,
+    ItemDelete,
+    ItemRecord,
+    ItemUpsert,
+    RecommendationList,
+    RecordError,
+)
+from xrec.metrics import XrecMetrics
+from xrec.profile import ProfileParams, UserProfile, event_weight, review_vector
+from xrec.ranking import Candidates, Popularity, RankParams, candidate_queries, rank
+from xrec.store.base import Hit, ItemPoint, VectorQuery, VectorStore
+
+log = logging.getLogger(__name__)
+
+ProfileTable = MutableMapping[bytes, bytes]
+STRATEGY_INTERESTS = "multi-interest"
+STRATEGY_POPULAR = "popular"
+
+
+class Encoder(Protocol):
+    """What the engine needs of ``xrec.encoder.TextEncoder``."""
+
+    dim: int
+
+    async def encode_many(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    vector: np.ndarray
+    lang: str
+
+
+class ItemCache:
+    """Bounded LRU of item vectors in front of the store: hot items never cost a store call."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, ItemMeta] = OrderedDict()
+
+    def get(self, item_id: str) -> ItemMeta | None:
+        meta = self._items.get(item_id)
+        if meta is not None:
+            self._items.move_to_end(item_id)
+        return meta
+
+    def put(self, item_id: str, meta: ItemMeta) -> None:
+        self._items[item_id] = meta
+        self._items.move_to_end(item_id)
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def discard(self, item_id: str) -> None:
+        self._items.pop(item_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record the engine refused: it goes to the DLQ with ``error.reason``."""
+
+    record: Any
+    error: RecordError
+
+
+@dataclass
+class ItemBatchResult:
+    upserted: int = 0
+    deleted: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class EventBatchResult:
+    processed: list[Interaction] = field(default_factory=list)
+    duplicates: list[Interaction] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    waiting: int = 0  # events held for an item that has not arrived yet
+    lists: list[RecommendationList] = field(default_factory=list)
+
+
+@dataclass
+class _Waiting:
+    event: Interaction
+    since_ms: float
+
+
+def event_fingerprint(event_id: str) -> str:
+    """Short, fixed-size form of an event id kept per profile for duplicate detection."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+
+
+class Recommender:
+    """Item indexing, profile updates and list building for one worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: VectorStore,
+        encoder: Encoder | None,
+        metrics: XrecMetrics | None = None,
+        dim: int | None = None,
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+    ) -> None:
+        if encoder is None and dim is None:
+            raise ValueError("the recommender needs an encoder or an explicit vector dimension")
+        self.settings = settings
+        self.store = store
+        self.encoder = encoder
+        self.metrics = metrics
+        self.dim = dim if dim is not None else encoder.dim  # type: ignore[union-attr]
+        self.clock_ms = clock_ms
+        self.profile_params = ProfileParams.from_settings(settings)
+        self.rank_params = RankParams.from_settings(settings)
+        self.weights = settings.weights
+        self.cache = ItemCache(settings.item_cache_size)
+        self.popularity = Popularity()
+        self.waiting: list[_Waiting] = []
+        self.dedup_window = max(16, min(settings.dedup_window, 4096))
+
+    async def start(self) -> None:
+        await self.store.ensure_collection(self.dim)
+
+    # --- items -------------------------------------------------------------------------------
+    async def handle_items(self, records: Sequence[ItemRecord]) -> ItemBatchResult:
+        """Encode every text item of the batch in one pass, then upsert and delete in one call each."""
+        result = ItemBatchResult()
+        latest: dict[str, ItemRecord] = {}
+        for record in records:  # the last record of an id in the batch wins, as in the topic
+            latest.pop(record.item_id, None)
+            latest[record.item_id] = record
+        upserts = [r for r in latest.values() if isinstance(r, ItemUpsert)]
+        deletes = [r.item_id for r in latest.values() if isinstance(r, ItemDelete)]
+        points: list[ItemPoint] = []
+        to_encode = [u for u in upserts if u.vector is None]
+        if to_encode:
+            if self.encoder is None:
+                for u in to_encode:
+                    result.rejected.append(
+                        Rejected(u, RecordError("bad_vector", "this worker has no encoder: send a vector"))
+                    )
+            else:
+                with self._stage("encode"):
+                    vectors = await self.encoder.encode_many([u.text for u in to_encode], kind="passage")
+                points += [ItemPoint(u.item_id, v, u.payload()) for u, v in zip(to_encode, vectors, strict=True)]
+        for u in upserts:
+            if u.vector is not None:
+                if len(u.vector) != self.dim:
+                    error = RecordError(
+                        "bad_vector", f"vector has {len(u.vector)} dimensions; the store uses {self.dim}"
+                    )
+                    result.rejected.append(Rejected(u, error))
+                    continue
+                points.append(ItemPoint(u.item_id, u.vector, u.payload()))
+        if points:
+            with self._store_op("upsert"):
+                await self.store.upsert(points)
+            for p in points:
+                self.cache.put(p.item_id, ItemMeta(np.asarray(p.vector, np.float32), str(p.payload.get("lang", "und"))))
+        if deletes:
+            with self._store_op("delete"):
+                await self.store.delete(deletes)
+            for item_id in deletes:
+                self.cache.discard(item_id)
+        result.upserted, result.deleted = len(points), len(deletes)
+        return result
+
+    # --- events ------------------------------------------------------------------------------
+    async def handle_events(self, events: Sequence[Interaction], profiles: ProfileTable) -> EventBatchResult:
+        """Update every touched profile, then build one list per touched user."""
+        result = EventBatchResult()
+        now = self.clock_ms()
+        batch = [w.event for w in self.waiting] + list(events)
+        waiting_since = {id(w.event): w.since_ms for w in self.waiting}
+        self.waiting = []
+        with self._stage("query"):
+            known = await self._item_meta({e.item_id for e in batch})
+        ready: list[Interaction] = []
+        for event in batch:
+            if event.item_id in known:
+                ready.append(event)
+            elif now - waiting_since.get(id(event), now) >= self.settings.unknown_item_wait_s * 1000:
+                reason = f"item {event.item_id!r} is not in the catalog (waited {self.settings.unknown_item_wait_s:g}s)"
+                result.rejected.append(Rejected(event, RecordError("unknown_item", reason)))
+            else:
+                self.waiting.append(_Waiting(event, waiting_since.get(id(event), now)))
+        result.waiting = len(self.waiting)
+        texts = await self._encode_reviews(ready)
+
+        profiles_now: dict[str, UserProfile] = {}
+        triggers: dict[str, Interaction] = {}  # the latest processed event of each changed user
+        with self._stage("profile"):
+            for event in ready:
+                profile = profiles_now.get(event.user_id)
+                if profile is None:
+                    profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode())
+                if not profile.remember_event(event_fingerprint(event.event_id), self.dedup_window):
+                    result.duplicates.append(event)
+                    continue
+                self._apply(profile, event, known[event.item_id], texts.get(event.event_id))
+                triggers[event.user_id] = event
+                result.processed.append(event)
+            for user_id in triggers:
+                profiles[user_id.encode()] = profiles_now[user_id].to_bytes()
+        result.lists = await self.recommend({u: profiles_now[u] for u in triggers}, triggers)
+        return result
+
+    def forget(self, user_id: str, profiles: ProfileTable) -> bool:
+        """Erase a user's profile (and with it their dedup state); True if there was one."""
+        key = user_id.encode()
+        if key in profiles:
+            del profiles[key]
+            return True
+        return False
+
+    async def recommend(
+        self, users: dict[str, UserProfile], triggers: dict[str, Interaction]
+    ) -> list[RecommendationList]:
+        """Lists for many users: one batched store query for all their interests."""
+        now = self.clock_ms()
+        warm = [u for u, p in users.items() if p.has_interests]
+        queries: list[VectorQuery] = []
+        spans: list[tuple[str, int, int]] = []
+        for user_id in warm:
+            qs = candidate_queries(users[user_id], self.rank_params)
+            spans.append((user_id, len(queries), len(queries) + len(qs)))
+            queries += qs
+        hits: list[list[Hit]] = []
+        if queries:
+            with self._stage("query"), self._store_op("query"):
+                hits = await self.store.query_batch(queries, with_vectors=True)
+        lists: list[RecommendationList] = []
+        with self._stage("rank"):
+            for user_id, start, end in spans:
+                profile = users[user_id]
+                cands = Candidates.from_hits([h for per_query in hits[start:end] for h in per_query], self.dim)
+                trend = self.popularity.trend(cands.ids) if self.rank_params.trending_weight else None
+                items = rank(profile, cands, self.rank_params, self.profile_params, int(now), trend)
+                lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))
+            for user_id, profile in users.items():
+                if not profile.has_interests:
+                    trigger = triggers.get(user_id)
+                    langs = [trigger.lang] if trigger is not None and trigger.lang else []
+                    items = self.popularity.cold_start(profile, self.rank_params.list_length, langs)
+                    lists.append(self._list(user_id, trigger, STRATEGY_POPULAR, items, now))
+        return lists
+
+    # --- internals ---------------------------------------------------------------------------
+    def _apply(self, profile: UserProfile, event: Interaction, meta: ItemMeta, text_vec: np.ndarray | None) -> None:
+        weight = event_weight(event.type, event.rating, self.weights)
+        vector = (
+            review_vector(meta.vector, text_vec, self.settings.review_text_weight)
+            if event.type == "review"
+            else meta.vector
+        )
+        now_ms = int(self.clock_ms())
+        ts = min(event.ts, now_ms + 60_000)  # a producer clock far ahead must not freeze decay
+        disliked = event.type == "dislike" or (event.type == "review" and weight < 0)
+        profile.observe(vector, weight, ts, event.item_id, meta.lang, self.profile_params, dislike=disliked)
+        if weight > 0:
+            self.popularity.add(event.item_id, meta.lang, ts, weight)
+
+    def _load(self, profiles: ProfileTable, key: bytes) -> UserProfile:
+        raw = profiles.get(key)
+        return UserProfile.from_bytes(raw) if raw else UserProfile(dim=self.dim)
+
+    async def _item_meta(self, item_ids: set[str]) -> dict[str, ItemMeta]:
+        found: dict[str, ItemMeta] = {}
+        missing = []
+        for item_id in item_ids:
+            meta = self.cache.get(item_id)
+            if meta is None:
+                missing.append(item_id)
+            else:
+                found[item_id] = meta
+        if missing:
+            with self._store_op("fetch"):
+                stored = await self.store.fetch(missing)
+            for item_id, item in stored.items():
+                meta = ItemMeta(np.asarray(item.vector, np.float32), str(item.payload.get("lang", "und")))
+                self.cache.put(item_id, meta)
+                found[item_id] = meta
+        return found
+
+    async def _encode_reviews(self, events: Sequence[Interaction]) -> dict[str, np.ndarray]:
+        reviews = [e for e in events if e.type == "review" and e.text]
+        if not reviews or self.encoder is None:
+            return {}
+        with self._stage("encode"):
+            vectors = await self.encoder.encode_many([e.text or "" for e in reviews], kind="query")
+        return {e.event_id: v for e, v in zip(reviews, vectors, strict=True)}
+
+    def _list(
+        self, user_id: str, trigger: Interaction | None, strategy: str, items: list, now: float
+    ) -> RecommendationList:
+        return RecommendationList(
+            user_id=user_id,
+            generated_at=int(now),
+            trigger_event_id=trigger.event_id if trigger else None,
+            strategy=strategy,
+            items=tuple(items),
+        )
+
+    def _stage(self, name: str) -> Any:
+        return self.metrics.time_stage(name) if self.metrics else _NULL
+
+    def _store_op(self, name: str) -> Any:
+        return self.metrics.observe_store(name, self.store.name) if self.metrics else _NULL
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL = _NullContext()
