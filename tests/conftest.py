@@ -1,0 +1,77 @@
+"""Shared fixtures: a real Kafka broker for the session, unique topics, and markers by directory.
+
+Tests under ``tests/integration`` are marked ``integration``, those under ``tests/unit`` ``unit``, so
+``pytest -m unit`` runs without Java. Keep this file small; put fixtures of one area in a conftest
+next to its tests.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from xrec.broker import LocalBroker, default_cache_dir, free_port
+from xrec.config import Settings
+from xrec.kafka import TopicSpec, create_topics, run_blocking
+
+_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path))
+        if _TESTS / "integration" in path.parents:
+            item.add_marker(pytest.mark.integration)
+        elif _TESTS / "unit" in path.parents:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real broker: ``XREC_KAFKA_BOOTSTRAP`` if set, else a local one on a free port.
+
+    The local broker's jars come from the machine's cache (``$XREC_HOME/kafka``), so they are
+    downloaded once per machine; its data dir is a temp dir, and it is stopped at session end.
+    """
+    settings = Settings.from_env()
+    if settings.kafka_bootstrap:
+        yield settings.kafka_bootstrap
+        return
+    broker = LocalBroker(
+        port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"), cache_dir=default_cache_dir(settings)
+    )
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str) -> Settings:
+    """Settings that point every client at the test broker."""
+    return Settings.from_env(kafka_bootstrap=kafka_bootstrap)
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Callable[..., str]:
+    """Create a uniquely named topic on the test broker: ``topic_factory(partitions=1, compacted=False)``."""
+    prefix = "t-" + re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:60]
+
+    def make(partitions: int = 1, compacted: bool = False, **config: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        spec = TopicSpec(name, partitions=partitions, compacted=compacted, config=config)
+        run_blocking(lambda: create_topics(kafka_bootstrap, [spec]), timeout_s=60)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def unique_topic(topic_factory: Callable[..., str]) -> str:
+    """One fresh single-partition topic."""
+    return topic_factory()
