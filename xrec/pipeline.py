@@ -181,11 +181,14 @@ class Recommender:
                 await self.store.upsert(points)
             for p in points:
                 self.cache.put(p.item_id, ItemMeta(np.asarray(p.vector, np.float32), str(p.payload.get("lang", "und"))))
+                if not p.payload.get("available", True):
+                    self.popularity.discard(p.item_id)  # queries filter it out; the cold-start list must too
         if deletes:
             with self._store_op("delete"):
                 await self.store.delete(deletes)
             for item_id in deletes:
                 self.cache.discard(item_id)
+                self.popularity.discard(item_id)
         result.upserted, result.deleted = len(points), len(deletes)
         return result
 
@@ -231,6 +234,7 @@ class Recommender:
 
     def forget(self, user_id: str, profiles: ProfileTable) -> bool:
         """Erase a user's profile (and with it their dedup state); True if there was one."""
+        self.waiting = [w for w in self.waiting if w.event.user_id != user_id]  # else they would rebuild it
         key = user_id.encode()
         if key in profiles:
             del profiles[key]

@@ -3,10 +3,13 @@
 The score of a candidate x for a user with interests c_k (importances r_k) is
 
     attention_k = softmax_k(τ·cos(x, c_k) + log r_k)        (which interest x speaks to)
-    interest    = Σ_k attention_k · cos(x, c_k)
+    interest    = Σ_k attention_k · (cos(x, c_k) + (log r_k − Σ_j π_j log r_j)/τ)     (π = r / Σ r)
     score       = interest − β·strength·cos(x, dislikes) + γ·affinity(lang x) + φ·freshness(x) + ρ·trend(x)
 
-τ → ∞ is "best matching interest"; τ = 0 is the classic mean-of-history user. MMR then trades
+τ → ∞ is "best matching interest"; τ = 0 is the classic mean-of-history user (importance is then the
+weight of the mean). The log r/τ term prices a match by its interest's importance: without it a match of
+a long-faded interest scores as high as one of the current interest; with it each halving of importance
+costs ln 2/τ of cosine (centred on the user's mean so scores stay near cosines for any τ). MMR then trades
 relevance for diversity with λ. Everything is numpy over the whole candidate matrix at once.
 """
 
@@ -107,11 +110,15 @@ def score_candidates(
     sims = cands.vectors @ profile.centroids.T  # (n, k)
     importance = profile.importance(now_ms, profile_params)
     rel = importance / max(float(importance.max()), 1e-12)
-    logits = params.interest_temperature * sims + np.log(np.maximum(rel, 1e-12))[None, :]
+    log_rel = np.log(np.maximum(rel, 1e-12))
+    logits = params.interest_temperature * sims + log_rel[None, :]
     logits -= logits.max(axis=1, keepdims=True)
     attention = np.exp(logits)
     attention /= attention.sum(axis=1, keepdims=True)
     score = (attention * sims).sum(axis=1)
+    if params.interest_temperature > 0:  # faded interests price their matches down (module docstring)
+        centre = (rel / max(float(rel.sum()), 1e-12)) @ log_rel
+        score += attention @ (log_rel - centre) / params.interest_temperature
     neg_dir, neg_strength = profile.negative_direction()
     if neg_dir is not None and params.negative_weight:
         score -= params.negative_weight * neg_strength * (cands.vectors @ neg_dir)
@@ -206,9 +213,15 @@ class Popularity:
                 del self.scores[item]
                 self.langs.pop(item, None)
 
+    def discard(self, item_id: str) -> None:
+        """Forget an item that was deleted or became unavailable, so no cold-start list offers it."""
+        self.scores.pop(item_id, None)
+        self.langs.pop(item_id, None)
+
     def _rebase(self, ts: int) -> None:
         factor = math.exp(-self.decay_per_ms * (ts - self.epoch))
         self.scores = {k: v * factor for k, v in self.scores.items() if v * factor > 1e-9}
+        self.langs = {k: self.langs[k] for k in self.scores}  # dropped items must not linger here
         self.epoch = ts
 
     def top(
