@@ -30,6 +30,7 @@ PROFILE_TABLE = "profiles"
 
 def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     settings = runtime.settings
+    faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         **faust_app_kwargs(settings, bootstrap),
@@ -55,10 +56,8 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     profiles = app.Table(
         PROFILE_TABLE,
         default=None,
-        key_type=bytes,
+        key_type=bytes,  # bytes keys and values: Faust uses the raw codec for table and changelog
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
         partitions=settings.partitions,
         use_partitioner=True,
         help="User profiles (xrec.profile.UserProfile bytes), keyed by user_id.",

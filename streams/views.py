@@ -53,7 +53,7 @@ def register_views(app: faust.App, runtime: Runtime, profiles: faust.Table) -> N
         async def get(self, request: Request) -> Response:
             runtime.metrics.set_ready(all(readiness(app, runtime).values()))
             body, content_type = runtime.metrics.render(request.headers.get("Accept"))
-            return self.bytes(body, content_type=content_type.split(";")[0], headers={"Content-Type": content_type})
+            return self.bytes(body, headers={"Content-Type": content_type})
 
 
 def readiness(app: faust.App, runtime: Runtime) -> dict[str, Any]:
