@@ -11,7 +11,7 @@ import base64
 import hashlib
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +46,8 @@ MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
 MAX_ID_CHARS = 256
 MAX_LANG_CHARS = 35  # BCP 47 tags are at most 35 characters
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class RecordError(ValueError):
@@ -151,12 +153,21 @@ def decode_json_object(raw: bytes | str | None, limits: Limits) -> dict[str, Any
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if "UTF-8" in str(exc):
+        if not _is_utf8(raw):
             raise RecordError("invalid_utf8", "record is not valid UTF-8") from None
         raise RecordError("not_json", f"record is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RecordError("not_object", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _is_utf8(raw: bytes | str) -> bool:
+    """Decide invalid_utf8 vs not_json from the bytes, not from orjson's message (a BOM is valid UTF-8)."""
+    try:
+        raw.decode("utf-8") if isinstance(raw, bytes) else raw.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
 
 
 def parse_item(raw: bytes | str | None, limits: Limits) -> ItemRecord:
@@ -255,7 +266,7 @@ def parse_timestamp(value: Any) -> int:
             raise RecordError("bad_timestamp", f"ts {text!r} is not ISO-8601") from None
         if parsed.tzinfo is None:
             raise RecordError("bad_timestamp", f"ts {text!r} has no time zone (add Z or an offset)")
-        ms = int(parsed.timestamp() * 1000)
+        ms = (parsed - _EPOCH) // _ONE_MS  # exact; timestamp() * 1000 in floats loses a millisecond now and then
     else:
         raise RecordError("bad_timestamp", f"ts must be epoch milliseconds or ISO-8601, got {type(value).__name__}")
     if not MIN_TS_MS <= ms < MAX_TS_MS:
@@ -269,16 +280,20 @@ def parse_vector(value: Any, dim: int | None) -> np.ndarray:
         raise RecordError("bad_vector", "vector must be a non-empty list of numbers")
     if dim is not None and len(value) != dim:
         raise RecordError("bad_vector", f"vector has {len(value)} dimensions; the store uses {dim}")
+    # numpy would turn "1.5" and true into numbers and nested lists into a matrix: refuse them first.
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        raise RecordError("bad_vector", "vector must be a flat list of numbers")
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RecordError("bad_vector", "vector must hold numbers only") from None
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+    except (TypeError, ValueError, OverflowError):
+        raise RecordError("bad_vector", "vector must hold finite numbers only") from None
+    if not np.all(np.isfinite(arr)):
         raise RecordError("bad_vector", "vector must be a flat list of finite numbers")
-    norm = float(np.linalg.norm(arr))
-    if norm == 0.0:
+    peak = float(np.max(np.abs(arr)))
+    if peak == 0.0:
         raise RecordError("bad_vector", "vector is all zeros")
-    return (arr / norm).astype(np.float32)
+    arr = arr / peak  # scale first so the norm neither overflows (1e308) nor underflows (1e-200)
+    return (arr / float(np.linalg.norm(arr))).astype(np.float32)
 
 
 def derive_event_id(user_id: str, item_id: str, etype: str, ts: int) -> str:
@@ -298,7 +313,7 @@ def _id(obj: dict[str, Any], name: str) -> str:
         raise RecordError("invalid_value", f"{name} is empty")
     if len(text) > MAX_ID_CHARS:
         raise RecordError("invalid_value", f"{name} is longer than {MAX_ID_CHARS} characters")
-    if any(ord(ch) < 32 for ch in text):
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text):  # C0, DEL and C1 controls
         raise RecordError("invalid_value", f"{name} contains control characters")
     return text
 
@@ -328,7 +343,7 @@ def _lang(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise RecordError("wrong_type", "lang must be a language tag string such as 'en' or 'zh-Hant'")
-    if len(value) > MAX_LANG_CHARS or not all(ch.isalnum() or ch in "-_" for ch in value):
+    if len(value) > MAX_LANG_CHARS or not all((ch.isascii() and ch.isalnum()) or ch in "-_" for ch in value):
         raise RecordError("invalid_value", f"lang {value[:40]!r} is not a language tag")
     return value.lower().replace("_", "-")
 
@@ -401,7 +416,7 @@ def dlq_record(
 ) -> bytes:
     """The DLQ record: where the bad record came from, its raw value (text or base64) and why it failed."""
     out: dict[str, Any] = {
-        "source_topic": source_topic,
+        "source_topic": _safe_text(source_topic),
         "partition": partition,
         "offset": offset,
         "key": _raw_text(key, DLQ_VALUE_LIMIT)[0] if key is not None else None,
@@ -409,15 +424,20 @@ def dlq_record(
         "value_base64": None,
         "value_size": None if value is None else len(value),
         "value_truncated": bool(value is not None and len(value) > DLQ_VALUE_LIMIT),
-        "error": error[:2000],
+        "error": _safe_text(error[:2000]),
         "error_class": reason,
-        "exception": exception,
+        "exception": _safe_text(exception),
         "failed_at": failed_at_ms,
     }
     if value is not None:
         text, is_text = _raw_text(value, DLQ_VALUE_LIMIT)
         out["value" if is_text else "value_base64"] = text
     return orjson.dumps(out)
+
+
+def _safe_text(text: str) -> str:
+    """Exception messages may hold lone surrogates (surrogateescape'd paths) that orjson refuses to write."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _raw_text(raw: bytes, limit: int) -> tuple[str, bool]:
