@@ -8,6 +8,7 @@ keeps the two in step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -145,6 +146,12 @@ class Settings:
                 )
         if self.interests_k < 1:
             raise SettingsError("XREC_INTERESTS_K must be at least 1")
+        for name in ("broker_port", "web_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SettingsError(f"{env_name(name)}={getattr(self, name)} is not a TCP port (0–65535)")
+        for name in ("partitions", "item_partitions"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)} must be at least 1")
         parse_event_weights(self.event_weights)
 
     # --- derived -----------------------------------------------------------------------------
@@ -175,6 +182,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def __repr__(self) -> str:
+        """The dataclass repr would print passwords; an f-string or log line must not."""
+        body = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Settings({body})"
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked: the only form that may be logged."""
         out = dataclasses.asdict(self)
@@ -204,7 +216,10 @@ def _coerce(name: str, hint: Any, raw: str) -> Any:
         if hint is int:
             return int(raw)
         if hint is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
     except ValueError:
         raise SettingsError(f"{env_name(name)}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from None
     return raw
@@ -230,7 +245,10 @@ def parse_pairs(spec: str) -> list[tuple[str, float]]:
             continue
         key, sep, value = part.partition("=")
         try:
-            pairs.append((key.strip(), float(value)))
+            weight = float(value)
+            if not math.isfinite(weight):
+                raise ValueError(value)
+            pairs.append((key.strip(), weight))
         except ValueError:
             raise SettingsError(f"XREC_EVENT_WEIGHTS: cannot read {part!r} (expected type=weight)") from None
         if not sep:
