@@ -80,7 +80,14 @@ class Settings:
     max_tokens: int = _setting(256, "Texts are truncated to this many tokens before encoding.")
     token_budget: int = _setting(8192, "Tokens (padded) per forward pass: bounds the encoder's memory.")
     microbatch_wait_ms: float = _setting(2.0, "How long the micro-batcher waits to gather concurrent encode calls.")
-    expect_gpu: bool = _setting(False, "This worker should encode on a GPU: exported as xrec_encoder_gpu_expected so an alert fires if it runs on CPU.")
+    encoder_threads: int = _setting(
+        0, "CPU threads torch uses for encoding on CPU (0: the cores this process may use)."
+    )
+    hub_timeout_s: float = _setting(10.0, "How long to wait for the Hugging Face hub before saying it is unreachable.")
+    expect_gpu: bool = _setting(
+        False,
+        "This worker should encode on a GPU: exported as xrec_encoder_gpu_expected so an alert fires if it runs on CPU.",
+    )
 
     # --- vector store ------------------------------------------------------------------------
     store_backend: StoreBackend = _setting("edge", "edge (embedded Qdrant Edge) or qdrant (Qdrant server).")
@@ -89,14 +96,19 @@ class Settings:
     qdrant_api_key: str = _setting("", "Qdrant API key (never logged).")
     qdrant_prefer_grpc: bool = _setting(True, "Use gRPC to talk to the Qdrant server.")
     collection: str = _setting("xrec_items", "Name of the item collection.")
-    store_index_threshold: int = _setting(20_000, "Edge store: below this many items search stays exact; `optimize()` builds the HNSW index only above it.")
+    store_index_threshold: int = _setting(
+        20_000,
+        "Edge store: below this many items search stays exact; `optimize()` builds the HNSW index only above it.",
+    )
 
     # --- worker ------------------------------------------------------------------------------
     web_host: str = _setting("127.0.0.1", "Address the worker's HTTP server (views and /metrics) binds to.")
     web_port: int = _setting(6066, "Port of the worker's HTTP server (views and /metrics).")
     batch_size: int = _setting(256, "Records an agent takes at most per batch.")
     batch_within_ms: float = _setting(20.0, "How long an agent waits to fill a batch.")
-    dedup_window: int = _setting(200_000, "Event ids remembered per worker for duplicate detection.")
+    dedup_window: int = _setting(
+        512, "Event ids remembered per user (8 bytes each, in the profile) to drop redeliveries."
+    )
     item_cache_size: int = _setting(100_000, "Item vectors kept in the worker's LRU cache.")
     unknown_item_wait_s: float = _setting(
         30.0, "How long an event for a not-yet-known item waits before going to the DLQ."

@@ -8,7 +8,6 @@ query for every user touched, one list per user however many of their events the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -109,11 +108,6 @@ class _Waiting:
     since_ms: float
 
 
-def event_fingerprint(event_id: str) -> str:
-    """Short, fixed-size form of an event id kept per profile for duplicate detection."""
-    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
-
-
 class Recommender:
     """Item indexing, profile updates and list building for one worker."""
 
@@ -140,7 +134,7 @@ class Recommender:
         self.cache = ItemCache(settings.item_cache_size)
         self.popularity = Popularity()
         self.waiting: list[_Waiting] = []
-        self.dedup_window = max(16, min(settings.dedup_window, 4096))
+        self.dedup_window = max(16, settings.dedup_window)
 
     async def start(self) -> None:
         await self.store.ensure_collection(self.dim)
@@ -221,7 +215,7 @@ class Recommender:
                 profile = profiles_now.get(event.user_id)
                 if profile is None:
                     profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode())
-                if not profile.remember_event(event_fingerprint(event.event_id), self.dedup_window):
+                if not profile.remember_event(event.event_id, self.dedup_window):
                     result.duplicates.append(event)
                     continue
                 self._apply(profile, event, known[event.item_id], texts.get(event.event_id))

@@ -8,6 +8,7 @@ Profiles are stored as compact bytes (float32 arrays behind a small header), nev
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from collections import OrderedDict
@@ -56,7 +57,7 @@ class UserProfile:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     disliked: OrderedDict[str, None] = field(default_factory=OrderedDict)
     languages: dict[str, float] = field(default_factory=dict)
-    event_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)  # recent event fingerprints
+    event_ids: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # 8-byte event fingerprints
     last_ts: int = 0
     events: int = 0
 
@@ -91,12 +92,13 @@ class UserProfile:
         return list(self.seen) + [i for i in self.disliked if i not in self.seen]
 
     # --- updating ----------------------------------------------------------------------------
-    def remember_event(self, fingerprint: str, window: int) -> bool:
+    def remember_event(self, event_id: str, window: int) -> bool:
         """Record an event id; False if it was already seen (a redelivery to absorb).
 
         Kept in the profile, so the dedup window moves with the user's partition and survives
         restarts through the changelog, exactly like the state it protects.
         """
+        fingerprint = event_fingerprint(event_id)
         if fingerprint in self.event_ids:
             return False
         self._remember(self.event_ids, fingerprint, window)
@@ -205,7 +207,7 @@ class UserProfile:
                 "nw": self.negative_weight,
                 "s": list(self.seen),
                 "d": list(self.disliked),
-                "x": list(self.event_ids),
+                "x": len(self.event_ids),
                 "l": self.languages,
                 "t": self.last_ts,
                 "e": self.events,
@@ -215,6 +217,7 @@ class UserProfile:
         parts = [_HEADER.pack(_MAGIC, 1, self.dim, len(meta)), meta, self.centroids.astype("<f4").tobytes()]
         if self.negative is not None:
             parts.append(self.negative.astype("<f4").tobytes())
+        parts.extend(self.event_ids)  # fixed 8-byte fingerprints, oldest first
         return b"".join(parts)
 
     @classmethod
@@ -229,6 +232,8 @@ class UserProfile:
         centroids = np.frombuffer(data, "<f4", count=k * dim, offset=offset).reshape(k, dim).copy()
         offset += k * dim * 4
         negative = np.frombuffer(data, "<f4", count=dim, offset=offset).copy() if meta["n"] else None
+        offset += dim * 4 if meta["n"] else 0
+        event_ids = [data[offset + 8 * i : offset + 8 * (i + 1)] for i in range(meta["x"])]
         return cls(
             dim=dim,
             centroids=centroids,
@@ -238,11 +243,16 @@ class UserProfile:
             negative_weight=float(meta["nw"]),
             seen=OrderedDict.fromkeys(meta["s"]),
             disliked=OrderedDict.fromkeys(meta["d"]),
-            event_ids=OrderedDict.fromkeys(meta["x"]),
+            event_ids=OrderedDict.fromkeys(event_ids),
             languages=dict(meta["l"]),
             last_ts=int(meta["t"]),
             events=int(meta["e"]),
         )
+
+
+def event_fingerprint(event_id: str) -> bytes:
+    """Short, fixed-size (8-byte) form of an event id, kept per profile for duplicate detection."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
 
 
 def _decay(delta_ms: int, params: ProfileParams) -> float:

@@ -17,8 +17,8 @@ import pytest
 
 from xrec.config import Settings
 from xrec.events import EventType, Interaction, ItemDelete, ItemUpsert, RecommendationList
-from xrec.pipeline import STRATEGY_INTERESTS, STRATEGY_POPULAR, Recommender, event_fingerprint
-from xrec.profile import UserProfile
+from xrec.pipeline import STRATEGY_INTERESTS, STRATEGY_POPULAR, Recommender
+from xrec.profile import UserProfile, event_fingerprint
 from xrec.store import VectorStore, open_store
 
 pytestmark = pytest.mark.unit

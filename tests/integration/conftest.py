@@ -1,0 +1,181 @@
+"""Real worker processes for integration tests: each test gets its own topics, app id and store.
+
+``worker_env`` names everything uniquely, so tests share the session broker without seeing each
+other's records; ``start_worker`` runs ``xrec worker`` as a subprocess and waits for /readyz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from xrec.broker import free_port
+
+READY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    web_port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:
+            return resp.read().decode()
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` (all label sets)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                status, body = self.get_json("/readyz")
+                if status == 200 and body.get("ready"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready after {timeout_s:.0f}s; log:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class WorkerEnv:
+    """Names for one test: topics, app id, store path; shared by the workers a test starts."""
+
+    bootstrap: str
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {k.removeprefix("XREC_TOPIC_").lower(): v for k, v in self.env.items() if k.startswith("XREC_TOPIC_")}
+
+    def start_worker(self, *args: str, store_path: Path | None = None, wait: bool = True, **extra_env: str) -> WorkerProcess:
+        port = free_port()
+        env = {**os.environ, **self.env, "XREC_WEB_PORT": str(port), **extra_env}
+        env["XREC_STORE_PATH"] = str(store_path or self.tmp / "store")
+        log_path = self.tmp / f"worker-{len(self.workers)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "xrec.cli", "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        worker = WorkerProcess(env, log_path, proc, port)
+        self.workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    # --- Kafka helpers ------------------------------------------------------------------------
+    def produce(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        async def send() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+            await producer.start()
+            try:
+                for key, value in records:
+                    await producer.send(topic, key=key, value=value)
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+        asyncio.run(send())
+
+    def produce_json(self, topic: str, key_field: str, objs: list[dict[str, Any]]) -> None:
+        self.produce(topic, [(str(o[key_field]).encode(), orjson.dumps(o)) for o in objs])
+
+    def consume(
+        self,
+        topic: str,
+        until: Callable[[list[Any]], bool],
+        timeout_s: float = 60.0,
+    ) -> list[Any]:
+        """Read ``topic`` from the beginning until ``until(messages)`` holds or the timeout passes."""
+
+        async def read() -> list[Any]:
+            consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None)
+            await consumer.start()
+            messages: list[Any] = []
+            try:
+                deadline = time.monotonic() + timeout_s
+                while time.monotonic() < deadline and not until(messages):
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for part in batch.values():
+                        messages.extend(part)
+            finally:
+                await consumer.stop()
+            return messages
+
+        return asyncio.run(read())
+
+
+@pytest.fixture
+def worker_env(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerEnv]:
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "XREC_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "XREC_APP_ID": f"xrec-test-{tag}",
+        "XREC_PARTITIONS": "2",
+        "XREC_BATCH_WITHIN_MS": "20",
+        "XREC_UNKNOWN_ITEM_WAIT_S": "2",
+        **{f"XREC_TOPIC_{name.upper()}": f"{tag}.{name}" for name in ("items", "events", "control", "recommendations", "dlq")},
+    }
+    we = WorkerEnv(bootstrap=kafka_bootstrap, tmp=tmp_path, env=env)
+    try:
+        yield we
+    finally:
+        for worker in we.workers:
+            worker.stop()
+
+
+def lists_for(messages: list[Any], user_id: str) -> list[dict[str, Any] | None]:
+    """Lists (or None for tombstones) published for one user, oldest first."""
+    return [orjson.loads(m.value) if m.value is not None else None for m in messages if m.key == user_id.encode()]
