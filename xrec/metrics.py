@@ -26,6 +26,7 @@ from prometheus_client.exposition import choose_encoder
 
 from xrec import __version__
 from xrec.config import EVENT_TYPES, Settings
+from xrec.events import REASONS
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +37,11 @@ EVENT_OUTCOMES = ("processed", "duplicate", "dlq")
 ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 STORE_BACKENDS = ("edge", "qdrant")
-STORE_OPERATIONS = ("ensure_collection", "upsert", "delete", "fetch", "query")
+STORE_OPERATIONS = ("ensure_collection", "upsert", "delete", "fetch", "query", "count", "optimize")
 
-#: The DLQ reason codes the pipeline is expected to use; they are pre-registered at zero so rates
+#: The DLQ reason codes (``xrec.events.REASONS``) are pre-registered at zero per topic, so rates
 #: over them start from a known value. Other snake_case codes are accepted too (see ``dlq``).
-DLQ_REASONS = (
-    "not_json",
-    "invalid_utf8",
-    "missing_field",
-    "wrong_type",
-    "unknown_event_type",
-    "bad_timestamp",
-    "too_large",
-    "bad_vector",
-    "unknown_item",
-    "duplicate",
-    "encode_failed",
-    "store_failed",
-)
+DLQ_REASONS = REASONS
 #: A label-safe code: lower-case snake_case, short. Anything else (a message, a class name with
 #: dots, a value) is replaced by ``INVALID_REASON`` and logged once.
 REASON_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -156,7 +144,7 @@ class XrecMetrics:
         )
         self.consumer_lag = self._gauge(
             "xrec_consumer_lag",
-            "Messages between this worker's committed position and the end of each assigned partition.",
+            "Messages past the committed offset in each partition this worker owns (not yet processed).",
             ("topic", "partition"),
         )
         self.profiles = self._gauge("xrec_profiles", "User profiles held by this worker.", ())
