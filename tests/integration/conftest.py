@@ -100,7 +100,9 @@ class WorkerEnv:
     def topics(self) -> dict[str, str]:
         return {k.removeprefix("XREC_TOPIC_").lower(): v for k, v in self.env.items() if k.startswith("XREC_TOPIC_")}
 
-    def start_worker(self, *args: str, store_path: Path | None = None, wait: bool = True, **extra_env: str) -> WorkerProcess:
+    def start_worker(
+        self, *args: str, store_path: Path | None = None, wait: bool = True, **extra_env: str
+    ) -> WorkerProcess:
         port = free_port()
         env = {**os.environ, **self.env, "XREC_WEB_PORT": str(port), **extra_env}
         env["XREC_STORE_PATH"] = str(store_path or self.tmp / "store")
@@ -141,7 +143,9 @@ class WorkerEnv:
         """Read ``topic`` from the beginning until ``until(messages)`` holds or the timeout passes."""
 
         async def read() -> list[Any]:
-            consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None)
+            consumer = AIOKafkaConsumer(
+                topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None
+            )
             await consumer.start()
             messages: list[Any] = []
             try:
@@ -166,7 +170,10 @@ def worker_env(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerEnv]:
         "XREC_PARTITIONS": "2",
         "XREC_BATCH_WITHIN_MS": "20",
         "XREC_UNKNOWN_ITEM_WAIT_S": "2",
-        **{f"XREC_TOPIC_{name.upper()}": f"{tag}.{name}" for name in ("items", "events", "control", "recommendations", "dlq")},
+        **{
+            f"XREC_TOPIC_{name.upper()}": f"{tag}.{name}"
+            for name in ("items", "events", "control", "recommendations", "dlq")
+        },
     }
     we = WorkerEnv(bootstrap=kafka_bootstrap, tmp=tmp_path, env=env)
     try:

@@ -1,0 +1,200 @@
+"""The worker end to end against the real broker, with items that carry their own vectors.
+
+These tests run ``xrec worker --no-encoder`` so they stay fast; the cross-lingual behaviour with the
+real encoder is in ``test_crosslingual.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tests.integration.conftest import WorkerEnv, lists_for
+from xrec.store.edge import EdgeStore
+
+DIM = 16
+TOPICS = 4
+
+
+def topic_items(per_topic: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """Items on four orthogonal topics, each in several languages, with a little noise."""
+    rng = np.random.default_rng(seed)
+    now = int(time.time() * 1000)
+    items = []
+    for t in range(TOPICS):
+        for i in range(per_topic):
+            v = np.zeros(DIM)
+            v[t] = 1.0
+            v += 0.15 * rng.standard_normal(DIM)
+            items.append(
+                {
+                    "item_id": f"T{t}-{i}",
+                    "title": f"topic {t} item {i}",
+                    "lang": ["en", "de", "ja", "zh"][i % 4],
+                    "category": f"topic{t}",
+                    "vector": v.tolist(),
+                    "ts": now,
+                }
+            )
+    return items
+
+
+def click(user: str, item: str, n: int, etype: str = "click") -> dict[str, Any]:
+    return {
+        "event_id": f"{user}-{item}-{etype}-{n}",
+        "user_id": user,
+        "item_id": item,
+        "type": etype,
+        "ts": int(time.time() * 1000),
+    }
+
+
+def wait_indexed(worker: Any, count: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.metric("xrec_items_indexed") >= count:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"items not indexed: {worker.metric('xrec_items_indexed')} < {count}\n{worker.log_tail()}")
+
+
+def start(worker_env: WorkerEnv) -> Any:
+    worker = worker_env.start_worker("--no-encoder", "--dim", str(DIM))
+    worker_env.produce_json(worker_env.topics["items"], "item_id", topic_items())
+    wait_indexed(worker, TOPICS * 8)
+    return worker
+
+
+def latest_list(worker_env: WorkerEnv, user: str, trigger: str, timeout_s: float = 60) -> dict[str, Any]:
+    """The list published for ``user`` in answer to event ``trigger``."""
+    msgs = worker_env.consume(
+        worker_env.topics["recommendations"],
+        lambda ms: any(lst and lst["trigger_event_id"] == trigger for lst in lists_for(ms, user)),
+        timeout_s,
+    )
+    found = [lst for lst in lists_for(msgs, user) if lst and lst["trigger_event_id"] == trigger]
+    assert found, f"no list for {user} after {trigger}"
+    return found[-1]
+
+
+def test_a_click_publishes_a_contract_list_keyed_by_the_user(worker_env: WorkerEnv) -> None:
+    start(worker_env)
+    event = click("U1", "T0-0", 0)
+    worker_env.produce_json(worker_env.topics["events"], "user_id", [event])
+    msgs = worker_env.consume(worker_env.topics["recommendations"], lambda ms: bool(lists_for(ms, "U1")))
+    [message] = [m for m in msgs if m.key == b"U1"]
+    lst = orjson.loads(message.value)
+    assert set(lst) == {"user_id", "generated_at", "trigger_event_id", "strategy", "variant", "items"}
+    assert lst["user_id"] == "U1" and lst["trigger_event_id"] == event["event_id"]
+    assert lst["strategy"] == "multi-interest"
+    assert len(lst["items"]) == 10
+    assert all(set(i) == {"item_id", "score", "lang", "because"} for i in lst["items"])
+    assert all(i["item_id"].startswith("T0-") for i in lst["items"][:7]), lst["items"]
+    assert all(i["because"] == "T0-0" for i in lst["items"] if i["item_id"].startswith("T0-"))
+
+
+def test_items_are_searchable_in_the_store_and_deletes_remove_them(worker_env: WorkerEnv) -> None:
+    worker = start(worker_env)
+    worker_env.produce(worker_env.topics["items"], [(b"T1-3", orjson.dumps({"item_id": "T1-3", "deleted": True}))])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and worker.metric('xrec_items_total{outcome="deleted"}') < 1:
+        time.sleep(0.3)
+    assert worker.stop() == 0, worker.log_tail()
+    import asyncio
+
+    async def look() -> tuple[int, set[str], list[str]]:
+        store = EdgeStore(worker_env.tmp / "store" / "xrec_items", dim=DIM)
+        try:
+            fetched = await store.fetch(["T1-3", "T2-2"])
+            from xrec.store.base import VectorQuery
+
+            query = np.zeros(DIM, np.float32)
+            query[2] = 1.0
+            [hits] = await store.query_batch([VectorQuery(query, limit=5)])
+            return await store.count(), set(fetched), [h.item_id for h in hits]
+        finally:
+            await store.close()
+
+    count, fetched, nearest = asyncio.run(look())
+    assert count == TOPICS * 8 - 1
+    assert fetched == {"T2-2"}
+    assert all(i.startswith("T2-") for i in nearest)
+
+
+def test_a_malformed_record_goes_to_the_dlq_and_the_worker_keeps_going(worker_env: WorkerEnv) -> None:
+    worker = start(worker_env)
+    events = worker_env.topics["events"]
+    worker_env.produce(
+        events,
+        [
+            (b"U2", b"{this is not json"),
+            (b"U2", orjson.dumps({"user_id": "U2", "item_id": "T1-0", "type": "teleport", "ts": 1731412486000})),
+            (b"U2", orjson.dumps(click("U2", "T1-1", 0))),
+        ],
+    )
+    lst = latest_list(worker_env, "U2", "U2-T1-1-click-0")
+    assert lst["items"][0]["item_id"].startswith("T1-")
+    dlq = worker_env.consume(worker_env.topics["dlq"], lambda ms: len(ms) >= 2)
+    reasons = sorted(orjson.loads(m.value)["error_class"] for m in dlq)
+    assert reasons == ["not_json", "unknown_event_type"]
+    record = orjson.loads(dlq[0].value)
+    assert record["source_topic"] == events and record["offset"] is not None and record["error"]
+    assert worker.metric("xrec_dlq_records_total") == 2
+
+
+def test_seen_items_never_come_back_and_a_dislike_pushes_similar_items_down(worker_env: WorkerEnv) -> None:
+    start(worker_env)
+    clicks = [click("U3", f"T0-{i}", i) for i in range(3)] + [click("U3", f"T1-{i}", i) for i in range(3)]
+    worker_env.produce_json(worker_env.topics["events"], "user_id", clicks)
+    before = latest_list(worker_env, "U3", clicks[-1]["event_id"])
+    seen = {c["item_id"] for c in clicks}
+    assert not seen & {i["item_id"] for i in before["items"]}
+    dislike = click("U3", "T1-5", 0, etype="dislike")
+    worker_env.produce_json(worker_env.topics["events"], "user_id", [dislike])
+    after = latest_list(worker_env, "U3", dislike["event_id"])
+    assert not (seen | {"T1-5"}) & {i["item_id"] for i in after["items"]}
+
+    def mean_rank(lst: dict[str, Any], prefix: str) -> float:
+        ranks = [r for r, i in enumerate(lst["items"]) if i["item_id"].startswith(prefix)]
+        return float(np.mean(ranks)) if ranks else float(len(lst["items"]))
+
+    assert mean_rank(after, "T1-") > mean_rank(before, "T1-")
+    assert sum(i["item_id"].startswith("T1-") for i in after["items"]) <= sum(
+        i["item_id"].startswith("T1-") for i in before["items"]
+    )
+
+
+def test_forget_user_publishes_a_tombstone_and_the_next_event_starts_afresh(worker_env: WorkerEnv) -> None:
+    start(worker_env)
+    clicks = [click("U4", f"T2-{i}", i) for i in range(3)]
+    worker_env.produce_json(worker_env.topics["events"], "user_id", clicks)
+    latest_list(worker_env, "U4", clicks[-1]["event_id"])
+    worker_env.produce_json(worker_env.topics["control"], "user_id", [{"type": "forget_user", "user_id": "U4"}])
+    msgs = worker_env.consume(worker_env.topics["recommendations"], lambda ms: None in lists_for(ms, "U4"))
+    assert lists_for(msgs, "U4")[-1] is None, "no tombstone for the forgotten user"
+    fresh = click("U4", "T3-0", 9)
+    worker_env.produce_json(worker_env.topics["events"], "user_id", [fresh])
+    lst = latest_list(worker_env, "U4", fresh["event_id"])
+    ids = [i["item_id"] for i in lst["items"]]
+    assert all(i.startswith("T3-") for i in ids[:7]), ids  # nothing left of the T2 history
+    assert {i["because"] for i in lst["items"]} == {"T3-0"}
+
+
+def test_profiles_are_restored_from_the_changelog_after_a_restart(worker_env: WorkerEnv) -> None:
+    worker = start(worker_env)
+    history = [click("U5", f"T0-{i}", i) for i in range(4)]
+    worker_env.produce_json(worker_env.topics["events"], "user_id", history)
+    latest_list(worker_env, "U5", history[-1]["event_id"])
+    assert worker.stop() == 0, worker.log_tail()
+
+    worker_env.start_worker("--no-encoder", "--dim", str(DIM))
+    nxt = click("U5", "T1-0", 0)
+    worker_env.produce_json(worker_env.topics["events"], "user_id", [nxt])
+    lst = latest_list(worker_env, "U5", nxt["event_id"])
+    ids = [i["item_id"] for i in lst["items"]]
+    assert any(i.startswith("T0-") for i in ids), ids  # the history from before the restart is there
+    assert any(i.startswith("T1-") for i in ids), ids
+    assert not {h["item_id"] for h in history} & set(ids)  # and so is what the user had already seen
