@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.streams import Stream
+from faust.types import StreamT, TableT
 
 from streams.runtime import Runtime
 from xrec.events import ForgetUser, Interaction, RecordError, parse_control, parse_event
@@ -22,7 +24,7 @@ from xrec.pipeline import EventBatchResult
 log = logging.getLogger(__name__)
 
 
-def register_agents(app: faust.App, runtime: Runtime, profiles: faust.Table) -> None:
+def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
     topics = runtime.topics
     settings = runtime.settings
     source = app.topic(
@@ -44,9 +46,11 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: faust.Table) -> 
     handler = EventBatchHandler(runtime, profiles, by_user, recommendations, dlq)
 
     @app.agent(source, name="xrec.process-events")
-    async def process_events(stream: faust.StreamT) -> None:
+    async def process_events(stream: StreamT) -> None:
         await runtime.ensure_started()
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_ms / 1000.0):
+        async for batch in cast(Stream, stream).take_events(
+            settings.batch_size, within=settings.batch_within_ms / 1000.0
+        ):
             await handler.handle(batch)
 
     @app.timer(interval=1.0, name="xrec.retry-waiting-events")
@@ -59,7 +63,7 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: faust.Table) -> 
 class EventBatchHandler:
     """Parses one batch, routes each record, calls the engine and publishes what it returns."""
 
-    def __init__(self, runtime: Runtime, profiles: faust.Table, by_user: Any, recommendations: Any, dlq: Any) -> None:
+    def __init__(self, runtime: Runtime, profiles: TableT, by_user: Any, recommendations: Any, dlq: Any) -> None:
         self.runtime = runtime
         self.profiles = profiles
         self.by_user = by_user

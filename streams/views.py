@@ -6,12 +6,13 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TableT
 from faust.web import Request, Response, View
 
 from streams.runtime import Runtime
 
 
-def register_views(app: faust.App, runtime: Runtime, profiles: faust.Table) -> None:
+def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
     @app.page("/recommendations/{user_id}")
     class RecommendationsView(View):
         """The latest list this worker published for a user (404 if none since it started)."""
@@ -57,7 +58,7 @@ def register_views(app: faust.App, runtime: Runtime, profiles: faust.Table) -> N
 
 
 def readiness(app: faust.App, runtime: Runtime) -> dict[str, Any]:
-    recovery = app.tables.recovery
+    recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager has it, TableManagerT does not
     return {
         "store_and_model": runtime.started,
         "tables_recovered": bool(recovery.completed.is_set()) and not app.rebalancing,
