@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -80,6 +81,24 @@ async def _read_all(
     finally:
         await consumer.stop()
     return records
+
+
+async def _read_to_end(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of partition 0 up to its current end offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        end = (await consumer.end_offsets([partition]))[partition]
+        records: list[tuple[bytes | None, bytes | None]] = []
+        while await consumer.position(partition) < end:
+            batch = await consumer.getmany(partition, timeout_ms=1000)
+            records += [(m.key, m.value) for m in batch.get(partition, [])]
+        return records
+    finally:
+        await consumer.stop()
 
 
 def _dir_without_maven(tmp_path: Path) -> str:
@@ -175,3 +194,53 @@ async def test_create_topics_is_idempotent_and_compacts_when_asked(kafka_bootstr
     configs = {entry[0]: entry[1] for entry in responses[0].resources[0][4]}
     assert configs["cleanup.policy"] == "compact"
     assert configs["min.cleanable.dirty.ratio"] == "0.1"
+
+
+async def test_connected_clients_resume_by_themselves_after_the_broker_restarts(tmp_path: Path) -> None:
+    broker = LocalBroker(free_port(), tmp_path / "broker", default_cache_dir(Settings.from_env()))
+    await asyncio.to_thread(broker.start)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="restart", auto_offset_reset="earliest")
+    try:
+        topic = f"restart-{uuid.uuid4().hex[:8]}"
+        await create_topics(broker.bootstrap, [TopicSpec(topic)])
+        await producer.start()
+        await consumer.start()
+        consumer.subscribe([topic])
+        await producer.send_and_wait(topic, b"before")
+        assert (await asyncio.wait_for(consumer.getone(), 60)).value == b"before"
+
+        await asyncio.to_thread(broker.stop)  # same port, same data dir: TIME_WAIT sockets must not block it
+        report = await asyncio.to_thread(broker.start)
+        assert report.formatted is False and report.status.port == broker.port
+
+        await asyncio.wait_for(producer.send_and_wait(topic, b"after"), 60)
+        assert (await asyncio.wait_for(consumer.getone(), 60)).value == b"after"
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await asyncio.to_thread(broker.stop)
+    assert kafka_java_pids(broker.data_dir) == []
+
+
+async def test_the_log_cleaner_compacts_a_compacted_topic_within_the_small_heap(kafka_bootstrap: str) -> None:
+    topic = f"compaction-{uuid.uuid4().hex[:8]}"
+    quick = {"segment.ms": "200", "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "100"}
+    await create_topics(kafka_bootstrap, [TopicSpec(topic, compacted=True, config=quick)])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(200):
+            await producer.send_and_wait(topic, f"v{i}".encode(), key=b"same-key")
+        remaining: list[tuple[bytes | None, bytes | None]] = []
+        for _ in range(24):  # the cleaner runs every 15 s by default; a new record rolls the last segment
+            await asyncio.sleep(5)
+            await producer.send_and_wait(topic, b"roll", key=b"other-key")
+            remaining = await _read_to_end(kafka_bootstrap, topic)
+            if len([r for r in remaining if r[0] == b"same-key"]) < 10:
+                break
+    finally:
+        await producer.stop()
+    same_key = [value for key, value in remaining if key == b"same-key"]
+    assert len(same_key) < 10, f"{len(same_key)} of 200 records of one key still there: the cleaner did not run"
+    assert same_key[-1] == b"v199"
