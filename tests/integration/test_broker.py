@@ -30,6 +30,7 @@ from xrec.config import Settings
 from xrec.kafka import TopicSpec, create_topics, run_blocking
 
 REPO = Path(__file__).resolve().parents[2]
+XREC = [sys.executable, "-c", "import sys; from xrec.cli import main; sys.exit(main())"]  # the console script, as run
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -42,10 +43,8 @@ def _cli_env(path: str | None = None) -> dict[str, str]:
 
 
 def _xrec_broker(action: str, port: int, data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "xrec.cli", "broker", action, "--port", str(port), "--data-dir", str(data_dir), "--json"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=540, check=False,
-    )  # fmt: skip
+    args = ["broker", action, "--port", str(port), "--data-dir", str(data_dir), "--json"]
+    done = subprocess.run([*XREC, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=540, check=False)
     assert done.returncode == 0, f"xrec broker {action} failed:\n{done.stdout}\n{done.stderr}"
     return dict(json.loads(done.stdout))
 
