@@ -12,6 +12,9 @@ import logging
 import sys
 
 from xrec import __version__
+from xrec.errors import CommandError
+
+__all__ = ["CommandError", "build_parser", "main"]
 
 #: Command modules in the order ``xrec --help`` lists them.
 COMMAND_MODULES = ("demo", "worker", "broker", "model", "produce", "tail", "eval", "bench", "config")
@@ -50,14 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"xrec: {exc}", file=sys.stderr)
         return exc.exit_code
-
-
-class CommandError(Exception):
-    """A failure the user can act on: printed as one line, no traceback."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 if __name__ == "__main__":
