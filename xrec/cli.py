@@ -12,6 +12,7 @@ import logging
 import sys
 
 from xrec import __version__
+from xrec.config import SettingsError
 from xrec.errors import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"xrec: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SettingsError as exc:
+        print(f"xrec: configuration: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
