@@ -1,0 +1,81 @@
+"""The real default model puts a sentence and its translations together, across scripts.
+
+The sample (tests/fixtures/multilingual_sample.tsv) holds 12 topics, each written in 8 languages
+(Latin, Cyrillic, Han, Kana and Arabic scripts); chance level for the retrieval checks is 1/12.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xrec.config import Settings
+from xrec.encoder import TextEncoder
+from xrec.modelhub import ModelUnavailableError, prepare_default_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "multilingual_sample.tsv"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    settings = Settings.from_env()
+    try:
+        prepare_default_model(settings)
+    except ModelUnavailableError as exc:
+        pytest.skip(f"cannot prepare the default model here: {exc}")
+    return TextEncoder(settings=settings)
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rows = [line.split("\t") for line in SAMPLE.read_text(encoding="utf-8").splitlines()[1:]]
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), [r[2] for r in rows]
+
+
+def test_every_language_pair_retrieves_the_translation_first(encoder: TextEncoder, sample) -> None:  # type: ignore[no-untyped-def]
+    groups, langs, texts = sample
+    vectors = encoder.encode(texts, kind="query")
+    misses = []
+    for a, b in itertools.permutations(sorted(set(langs)), 2):
+        ia, ib = np.flatnonzero(langs == a), np.flatnonzero(langs == b)
+        best = (vectors[ia] @ vectors[ib].T).argmax(axis=1)
+        accuracy = float(np.mean(groups[ib][best] == groups[ia]))
+        if accuracy < 11 / 12:
+            misses.append((a, b, accuracy))
+    assert misses == []
+
+
+def test_a_review_in_one_language_finds_items_written_in_others(encoder: TextEncoder, sample) -> None:  # type: ignore[no-untyped-def]
+    groups, langs, texts = sample
+    queries = encoder.encode(texts, kind="query")  # user/review text
+    items = encoder.encode(texts, kind="passage")  # catalog items
+    sims = queries @ items.T
+    sims[langs[:, None] == langs[None, :]] = -np.inf  # only items in another language count
+    accuracy = float(np.mean(groups[sims.argmax(axis=1)] == groups))
+    assert accuracy >= 0.95
+
+
+def test_translations_are_much_closer_than_unrelated_sentences(encoder: TextEncoder, sample) -> None:  # type: ignore[no-untyped-def]
+    groups, langs, texts = sample
+    vectors = encoder.encode(texts, kind="query")
+    sims = vectors @ vectors.T
+    other_lang = langs[:, None] != langs[None, :]
+    same_group = groups[:, None] == groups[None, :]
+    translations = sims[other_lang & same_group].mean()
+    unrelated = sims[other_lang & ~same_group].mean()
+    assert translations - unrelated > 0.05
+
+
+async def test_encode_one_gives_the_same_vectors_as_encode_with_the_real_model(encoder: TextEncoder, sample) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    _, _, texts = sample
+    picked = texts[::7]
+    together = encoder.encode(picked, kind="query")
+    one_by_one = await asyncio.gather(*(encoder.encode_one(t, kind="query") for t in picked))
+    np.testing.assert_allclose(np.stack(one_by_one), together, atol=1e-4)

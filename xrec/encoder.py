@@ -1,0 +1,396 @@
+"""TextEncoder: any Hugging Face encoder as a sentence embedder that hides batching, devices and threads.
+
+Texts are tokenized once, sorted by length and cut into forward passes of at most ``token_budget``
+padded tokens, so padding stays small and memory is bounded whatever the input; vectors come back in
+input order, mean-pooled over real tokens and L2-normalized (float32). The asyncio side gathers
+concurrent ``encode_one`` calls into one pass and runs every pass in one worker thread, so the event
+loop (and with it Kafka heartbeats and fetches) keeps running while the model works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from xrec.config import Settings
+from xrec.errors import CommandError
+from xrec.modelhub import resolve_model
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["query", "passage"]
+
+
+class DeviceUnavailableError(CommandError):
+    """The device the settings ask for is not present; never replaced silently by another one."""
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    """Text a model family expects before each input, by role."""
+
+    query: str = ""
+    passage: str = ""
+
+    def for_kind(self, kind: Kind) -> str:
+        if kind == "query":
+            return self.query
+        if kind == "passage":
+            return self.passage
+        raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+
+
+#: Model families that were trained with role prefixes; matched against the model's id or directory.
+#: e5: "query: " for queries and symmetric tasks (here: user and review text), "passage: " for documents.
+FAMILY_PREFIXES: tuple[tuple[re.Pattern[str], Prefixes], ...] = (
+    (re.compile(r"(^|[/_-])e5([/_-]|$)", re.IGNORECASE), Prefixes(query="query: ", passage="passage: ")),
+)
+
+
+def prefixes_for(model_name: str) -> Prefixes:
+    for pattern, prefixes in FAMILY_PREFIXES:
+        if pattern.search(model_name):
+            return prefixes
+    return Prefixes()
+
+
+@dataclass
+class EncoderStats:
+    """Counters the metrics module reads; updated under the encoder's lock."""
+
+    batches: int = 0  # forward passes
+    texts: int = 0
+    tokens: int = 0  # real (unpadded) tokens
+    padded_tokens: int = 0  # tokens the model actually processed, padding included
+    last_batch_size: int = 0
+    max_padded_tokens: int = 0  # largest single pass
+    microbatches: int = 0  # passes started by the asyncio micro-batcher
+    microbatched_texts: int = 0
+    seconds: float = 0.0  # time spent in forward passes
+
+
+def plan_batches(
+    lengths_desc: Sequence[int], token_budget: int, min_ratio: float = 0.8, min_fill: float = 0.25
+) -> list[slice]:
+    """Cut length-sorted (longest first) inputs into passes of at most ``token_budget`` padded tokens.
+
+    A pass pads to its first (longest) input, so it holds at most ``budget // longest`` inputs. It is
+    closed early when the next input is shorter than ``min_ratio`` × its longest and it already fills
+    ``min_fill`` of the budget: a few more passes, but much less padding on small or skewed inputs. A
+    single input longer than the budget gets a pass of its own.
+    """
+    out: list[slice] = []
+    start, n = 0, len(lengths_desc)
+    while start < n:
+        longest = max(1, lengths_desc[start])
+        stop_max = min(n, start + max(1, token_budget // longest))
+        stop = start + 1
+        while stop < stop_max and (
+            lengths_desc[stop] >= min_ratio * longest or (stop - start) * longest < min_fill * token_budget
+        ):
+            stop += 1
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
+def choose_device(spec: str) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; an explicit device must exist."""
+    spec = spec.strip().lower() or "auto"
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DeviceUnavailableError(
+            f"XREC_DEVICE={spec!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device {spec} was requested but no CUDA GPU is present on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {spec} was requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    elif device.type == "mps" and not _mps_available():
+        raise DeviceUnavailableError(f"device {spec} was requested but Apple MPS is not available")
+    elif device.type not in {"cpu", "cuda", "mps"}:
+        raise DeviceUnavailableError(f"device {spec} is not supported (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def choose_dtype(device: torch.device) -> torch.dtype:
+    """Half precision on accelerators (bf16 where the GPU has it), full precision on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _cpu_threads(settings: Settings) -> int:
+    if settings.encoder_threads > 0:
+        return settings.encoder_threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+class TextEncoder:
+    """Sentence embeddings from a Hugging Face encoder: ``encode`` for batches, ``encode_one`` for asyncio.
+
+    ``model`` is a hub id or a local directory; by default ``settings.model`` resolved by
+    :func:`xrec.modelhub.resolve_model`. Remote code is never trusted.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        prefixes: Prefixes | None = None,
+    ) -> None:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.settings = settings or Settings.from_env()
+        if model is None:
+            name, path = self.settings.model, resolve_model(self.settings)
+        elif Path(model).is_dir():
+            name, path = str(model), Path(model)
+        else:
+            name, path = str(model), resolve_model(self.settings.replace(model=str(model)))
+        self.model_name = name
+        self.model_path = path
+        self.prefixes = prefixes if prefixes is not None else prefixes_for(name)
+        self.device = choose_device(self.settings.device)
+        self.dtype = choose_dtype(self.device)
+        if self.device.type == "cpu":
+            threads = _cpu_threads(self.settings)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(path, config=config, trust_remote_code=False, **_no_pooler(config))
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.model.eval()
+
+        limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
+        self.max_tokens = min(self.settings.max_tokens, limit) if 0 < limit < 1_000_000 else self.settings.max_tokens
+        self.token_budget = max(1, self.settings.token_budget)
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = int(pad) if pad is not None else 0
+        self.stats = EncoderStats()
+        # Hooks for the worker's metrics (this module knows no metrics): after each forward pass with
+        # (texts, padded tokens), from the encoder's thread; and with the exception of a failed call.
+        self.on_batch: Callable[[int, int], None] | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
+        self._lock = threading.RLock()
+        self._dim = int(getattr(config, "hidden_size", 0)) or int(self._encode_prefixed(["x"]).shape[1])
+        self._executor: ThreadPoolExecutor | None = None
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _MicroBatcher] = (
+            weakref.WeakKeyDictionary()
+        )
+        log.info(
+            "encoder %s on %s (%s), dim %d, max %d tokens, %d tokens per pass, prefixes query=%r passage=%r%s",
+            name,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self._dim,
+            self.max_tokens,
+            self.token_budget,
+            self.prefixes.query,
+            self.prefixes.passage,
+            f", {torch.get_num_threads()} CPU threads" if self.device.type == "cpu" else "",
+        )
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    # --- synchronous batch API -------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalized, in input order."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of texts; use encode([text]) for one")
+        prefix = self.prefixes.for_kind(kind)
+        return self._encode_prefixed([prefix + t for t in texts])
+
+    def token_lengths(self, texts: Sequence[str], kind: Kind = "passage") -> list[int]:
+        """Tokens each text costs the model (prefix, specials and truncation included)."""
+        prefix = self.prefixes.for_kind(kind)
+        with self._lock:
+            return [len(ids) for ids in self._tokenize([prefix + t for t in texts])]
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_tokens, padding=False)
+        return list(enc["input_ids"])
+
+    def _encode_prefixed(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), getattr(self, "_dim", 0) or 0), dtype=np.float32)
+        if not texts:
+            return out
+        try:
+            with self._lock:  # one pass at a time: the budget bounds memory, and HF tokenizers are not re-entrant
+                ids = self._tokenize(texts)
+                order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+                lengths = [len(ids[i]) for i in order]
+                for part in plan_batches(lengths, self.token_budget):
+                    rows = order[part]
+                    vectors = self._forward([ids[i] for i in rows])
+                    if out.shape[1] != vectors.shape[1]:
+                        out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+                    out[rows] = vectors
+        except Exception as exc:
+            if self.on_error is not None:
+                self.on_error(exc)
+            raise
+        return out
+
+    def _forward(self, batch: list[list[int]]) -> np.ndarray:
+        started = time.perf_counter()
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            ids_t = torch.from_numpy(input_ids).to(self.device)
+            mask_t = torch.from_numpy(mask).to(self.device)
+            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state.float()
+            weights = mask_t.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        s = self.stats
+        s.batches += 1
+        s.texts += len(batch)
+        s.tokens += int(mask.sum())
+        s.padded_tokens += input_ids.size
+        s.last_batch_size = len(batch)
+        s.max_padded_tokens = max(s.max_padded_tokens, int(input_ids.size))
+        s.seconds += time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(len(batch), int(input_ids.size))
+        return vectors
+
+    # --- asyncio API -----------------------------------------------------------------------------
+
+    async def encode_one(self, text: str, kind: Kind = "passage") -> np.ndarray:
+        """One text's vector; concurrent calls within ``microbatch_wait_ms`` share one forward pass."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = _MicroBatcher(self, loop)
+        return await batcher.submit(self.prefixes.for_kind(kind) + text)
+
+    async def encode_many(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
+        """``encode`` run in the encoder's worker thread, so the event loop keeps going."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker(), self.encode, list(texts), kind)
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrec-encoder")
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> TextEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Request:
+    text: str
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class _MicroBatcher:
+    """Per event loop: queue of waiting texts and the task that drains it in passes."""
+
+    encoder: TextEncoder
+    loop: asyncio.AbstractEventLoop
+    pending: list[_Request] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    max_texts: int = 1024
+
+    async def submit(self, text: str) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = self.loop.create_future()
+        self.pending.append(_Request(text, future))
+        if self.task is None:
+            self.task = self.loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.sleep(self.encoder.settings.microbatch_wait_ms / 1000.0)
+            while self.pending:
+                # Requests that arrived during the previous pass have waited already: no second wait.
+                batch = [r for r in self.pending[: self.max_texts] if not r.future.done()]
+                del self.pending[: self.max_texts]
+                if batch:
+                    await self._run(batch)
+        finally:
+            self.task = None
+
+    async def _run(self, batch: list[_Request]) -> None:
+        enc = self.encoder
+        try:
+            vectors = await self.loop.run_in_executor(enc._worker(), enc._encode_prefixed, [r.text for r in batch])
+        except Exception as exc:
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+            return
+        with enc._lock:
+            enc.stats.microbatches += 1
+            enc.stats.microbatched_texts += len(batch)
+        for r, vector in zip(batch, vectors, strict=True):
+            if not r.future.done():
+                r.future.set_result(vector)
+
+
+def _no_pooler(config: Any) -> dict[str, Any]:
+    """Skip the pooler head where the model class allows it: mean pooling never uses it, and a
+    checkpoint without one (like the prepared e5) would otherwise get random weights and a warning."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    with contextlib.suppress(KeyError, ValueError):
+        model_cls: Any = MODEL_MAPPING[type(config)]
+        if "add_pooling_layer" in inspect.signature(model_cls).parameters:
+            return {"add_pooling_layer": False}
+    return {}
