@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 import orjson
 
 from xrec.errors import CommandError
+
+log = logging.getLogger(__name__)
 
 MAX_TITLES = 200_000  # items whose titles are kept; a larger catalog shows ids for the rest
 TITLE_CHARS = 120
@@ -101,29 +104,32 @@ async def load_titles(
     kwargs: dict[str, Any], topic: str, limit: int = MAX_TITLES, timeout_s: float = 30.0
 ) -> dict[str, ItemInfo]:
     """Titles and languages of the items topic up to its current end (bounded in items and time)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **kwargs)
+    consumer = AIOKafkaConsumer(topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
     await consumer.start()
     titles: dict[str, ItemInfo] = {}
     try:
-        await consumer.topics()  # fetches the cluster metadata that partitions_for_topic reads
-        ids = consumer.partitions_for_topic(topic) or set()
-        if not ids:
+        if topic not in await consumer.topics():
+            log.info("no items topic %s: lists will show item ids only", topic)
             return titles
-        tps = [TopicPartition(topic, p) for p in sorted(ids)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout_s
+        ends: dict[Any, int] | None = None
         while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batches.values():
                 for record in records:
                     _remember(titles, record.key, record.value, limit)
+            tps = consumer.assignment()
+            if not tps:
+                continue  # the subscription is not assigned yet
+            if ends is None:
+                ends = await consumer.end_offsets(list(tps))
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= ends.get(tp, 0) for tp in tps):
+                break
+        else:
+            log.warning("read %d titles from %s in %.0f s and stopped there", len(titles), topic, timeout_s)
     finally:
         await consumer.stop()
     return titles
@@ -196,8 +202,6 @@ async def follow(args: argparse.Namespace, kwargs: dict[str, Any], topic: str, t
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from xrec.commands.produce import kafka_client_kwargs
     from xrec.config import Settings, SettingsError
 
@@ -213,6 +217,6 @@ def run(args: argparse.Namespace) -> int:
     titles: dict[str, ItemInfo] = {}
     if not args.no_titles:
         titles = asyncio.run(load_titles(kwargs, settings.topic_items))
-        logging.getLogger(__name__).info("%d item titles read from %s", len(titles), settings.topic_items)
+        log.info("%d item titles read from %s", len(titles), settings.topic_items)
     asyncio.run(follow(args, kwargs, settings.topic_recommendations, titles))
     return 0
