@@ -37,7 +37,7 @@ def test_the_demo_says_what_it_did_and_prints_one_json_summary(demo_run) -> None
     log = done.stderr.decode()
     assert "(XREC_KAFKA_BOOTSTRAP); nothing to start" in log
     assert "worker ready" in log and "encoded and indexed" in log
-    assert "deleted this run's" in log
+    assert "deleted this run's" in log and f"({summary['run']}." in log
     assert "stopped (exit code" in log
 
 
