@@ -74,6 +74,7 @@ class EventBatchHandler:
     async def handle(self, batch: Sequence[faust.EventT]) -> None:
         rt = self.runtime
         interactions: list[Interaction] = []
+        sources: list[Any] = []  # the message of each interaction, for the DLQ if the batch fails
         with self.metrics.time_stage("decode"):
             for event in batch:
                 message = event.message
@@ -90,16 +91,30 @@ class EventBatchHandler:
                     await self.by_user.send(key=interaction.user_id.encode(), value=message.value)
                     continue
                 interactions.append(interaction)
+                sources.append(message)
         async with rt.engine_lock:
+            carried = [w.event for w in rt.recommender.waiting]  # waiting events of earlier batches, retried now
             try:
                 result = await rt.recommender.handle_events(interactions, self.profiles)
             except Exception as exc:  # a bug or an outage must not lose the batch silently
-                log.exception("event batch failed; sending its %d events to the DLQ", len(interactions))
-                for event in batch:
-                    if event.message.topic != rt.topics.control:
-                        await self._dead_letter(
-                            event.message, "processing_error", repr(exc), exception=type(exc).__name__
-                        )
+                # Exactly the events the engine was given go to the DLQ (and are counted) once: not the
+                # records already dead-lettered or re-keyed above, nor control records.
+                rt.recommender.waiting = []
+                log.exception("event batch failed; sending its %d events to the DLQ", len(interactions) + len(carried))
+                error, exception = repr(exc), type(exc).__name__
+                for message, interaction in zip(sources, interactions, strict=True):
+                    await self._dead_letter(
+                        message, "processing_error", error, event_type=interaction.type, exception=exception
+                    )
+                for interaction in carried:
+                    value = _interaction_json(interaction)
+                    await self._dead_letter(
+                        _Synthetic(rt.topics.events, interaction.user_id.encode(), value),
+                        "processing_error",
+                        error,
+                        event_type=interaction.type,
+                        exception=exception,
+                    )
                 return
         await self._publish(result)
 
@@ -139,7 +154,10 @@ class EventBatchHandler:
             return
         if isinstance(command, ForgetUser):
             async with rt.engine_lock:
+                dropped = [w.event for w in rt.recommender.waiting if w.event.user_id == command.user_id]
                 existed = rt.recommender.forget(command.user_id, self.profiles)
+            for interaction in dropped:  # read, never applied: counted once, as erased with the user
+                self.metrics.event(interaction.type, "forgotten")
             rt.latest.put(command.user_id, None)
             await self.recommendations.send(key=command.user_id.encode(), value=None)  # tombstone
             log.info("forgot user %s (profile existed: %s)", command.user_id, existed)

@@ -16,6 +16,7 @@ import faust
 
 from streams.agents import register_agents
 from streams.items import start_indexer
+from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
 from streams.topics import topic_specs
 from streams.views import register_views
@@ -73,14 +74,20 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     async def index_items() -> None:
         runtime.indexer_task = start_indexer(runtime, bootstrap)
 
+    topics = runtime.topics
+    lag_reporter = LagReporter(
+        ConsumerLagProbe(settings, bootstrap, group_id=app.conf.id),
+        (topics.events, topics.events_by_user, topics.control),
+        runtime.metrics,
+    )
+
     @app.timer(interval=5.0, name="xrec.consumer-lag")
     async def report_consumer_lag() -> None:
-        consumer = app.consumer
-        for tp in consumer.assignment():
-            position = consumer._committed_offset.get(tp)  # what this worker has finished
-            highwater = consumer.highwater(tp)
-            if highwater is not None and position is not None:
-                runtime.metrics.set_consumer_lag(tp.topic, tp.partition, highwater - position - 1)
+        await lag_reporter.report(app.consumer.assignment())
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _close_lag_probe(sender: Any, **kwargs: Any) -> None:
+        await lag_reporter.probe.close()
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def _forget_lag(sender: Any, revoked: set, **kwargs: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,6 +42,8 @@ class ItemIndexer:
         self.bootstrap = bootstrap
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self._lag_partitions: set[Any] = set()
+        self._lag_reported_at = 0.0
 
     async def run(self) -> None:
         rt = self.runtime
@@ -68,6 +71,7 @@ class ItemIndexer:
                     await self.consumer.commit()
                 elif not rt.items_caught_up:
                     rt.items_caught_up = await self._caught_up()
+                await self._report_lag()
         finally:
             await self.consumer.stop()
             await self.producer.stop()
@@ -107,6 +111,26 @@ class ItemIndexer:
         value = rt.dlq_value(message=message, reason=reason, error=error, exception=exception)
         assert self.producer is not None
         await self.producer.send_and_wait(rt.topics.dlq, key=message.key, value=value)
+
+    async def _report_lag(self, every_s: float = 1.0) -> None:
+        """Items read but not yet in the store, per owned partition: end offset − committed position.
+
+        Called right after each commit (or an empty poll), when the position is the committed offset.
+        """
+        now = time.monotonic()
+        if now - self._lag_reported_at < every_s:
+            return
+        self._lag_reported_at = now
+        assert self.consumer is not None
+        owned = self.consumer.assignment()
+        metrics = self.runtime.metrics
+        for tp in self._lag_partitions - owned:  # moved to another worker sharing this Qdrant server
+            metrics.forget_partition(tp.topic, tp.partition)
+        self._lag_partitions = set(owned)
+        for tp in owned:
+            end = self.consumer.highwater(tp)  # from the last fetch response; None before the first
+            if end is not None:
+                metrics.set_consumer_lag(tp.topic, tp.partition, end - await self.consumer.position(tp))
 
     async def _caught_up(self) -> bool:
         assert self.consumer is not None

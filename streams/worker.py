@@ -23,6 +23,8 @@ def build_runtime(settings: Settings, *, with_encoder: bool = True, dim: int | N
     if encoder is not None:
         dim = encoder.dim
         metrics.set_encoder(encoder.model_name, str(encoder.device), str(encoder.dtype).removeprefix("torch."))
+        encoder.on_batch = metrics.encoder_batch  # each forward pass: texts and padded tokens
+        encoder.on_error = lambda exc: metrics.encoder_error()
     if dim is None:
         raise ValueError("a worker without an encoder needs the vector dimension (XREC_VECTOR_DIM)")
     store = open_store(settings, dim=dim)

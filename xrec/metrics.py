@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 #: ``type`` label of events whose type could not be read (malformed records still count as input).
 UNKNOWN_EVENT_TYPE = "unknown"
 EVENT_TYPE_LABELS = (*EVENT_TYPES, UNKNOWN_EVENT_TYPE)
-EVENT_OUTCOMES = ("processed", "duplicate", "dlq")
+#: ``forgotten``: events still waiting for their item when ``forget_user`` erased their user.
+EVENT_OUTCOMES = ("processed", "duplicate", "dlq", "forgotten")
 ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 STORE_BACKENDS = ("edge", "qdrant")
@@ -91,7 +92,8 @@ class XrecMetrics:
 
         self.events = self._counter(
             "xrec_events_total",
-            "Records read from the events topic, by event type and outcome (processed, duplicate, dlq).",
+            "Records read from the events topic, counted once each, by event type and outcome "
+            "(processed, duplicate, dlq, forgotten).",
             ("type", "outcome"),
         )
         self.items = self._counter(
@@ -144,7 +146,8 @@ class XrecMetrics:
         )
         self.consumer_lag = self._gauge(
             "xrec_consumer_lag",
-            "Messages past the committed offset in each partition this worker owns (not yet processed).",
+            "Records from the consumer group's committed offset to the end of each input partition this worker "
+            "owns (read by no one yet, or not finished).",
             ("topic", "partition"),
         )
         self.profiles = self._gauge("xrec_profiles", "User profiles held by this worker.", ())
@@ -159,7 +162,9 @@ class XrecMetrics:
             ("version", "python"),
         )
         self.worker_ready = self._gauge(
-            "xrec_worker_ready", "1 once the worker has recovered its tables and consumes; else 0.", ()
+            "xrec_worker_ready",
+            "1 while /readyz answers 200 (store and model loaded, tables recovered, items caught up); else 0.",
+            (),
         )
 
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)

@@ -84,6 +84,7 @@ def test_the_install_script_does_nothing_when_promtool_is_present(promtool):
     result = run("bash", str(INSTALL), cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "promtool present" in result.stdout
+    assert "prometheus present" in result.stdout
 
 
 # --- coverage of the unit tests (no promtool needed) ------------------------------------------

@@ -1,20 +1,933 @@
-"""Placeholder for ``xrec bench pipeline``; its owner replaces this module."""
+"""``xrec bench pipeline``: events/s, freshness and cost of a real worker, measured on the output topic.
+
+One run, one broker, one machine:
+
+1. **Catalog.** ``--items`` items with precomputed 384-d vectors (``xrec.eval.sessions``) are written
+   straight into an edge store (``EdgeStore.upsert``, then ``optimize()`` when the catalog is above
+   ``XREC_STORE_INDEX_THRESHOLD``, as every catalog-loading command does). The worker and the naive
+   baseline each open their own copy of that directory: same data, same index.
+2. **Saturation.** ``--events`` clicks (Amazon-M2 sessions replayed as users, or a generated stream)
+   are written to the events topic *before* the worker starts; the worker (``xrec worker
+   --no-encoder``, a subprocess) then drains them. From the recommendations topic: events/s = events
+   covered / (last list − first list), where a list covers its user's events up to its trigger id (a
+   list can answer several events of one user: coalescing). CPU seconds come from the worker's
+   ``/proc/<pid>/stat`` between those two moments, memory from its RSS.
+3. **Freshness.** Fresh events are offered at ``--rate`` (default: half the measured saturation), each
+   stamped with the wall clock as it is sent; latency = timestamp of the first list that covers the
+   event (the worker's producer stamps it as it publishes) − the event's ``ts``.
+4. **Memory.** The profile changelog topic is read back: mean serialized profile size × 100k, next to
+   the worker's RSS growth while it built those profiles.
+5. **Naive baseline.** ``python -m xrec.eval.naive`` processes the first ``--naive-events`` events of
+   the same stream one at a time (see that module for exactly what it does), measured the same way.
+6. **Review-heavy mix** (``--with-text``): a worker with the encoder drains a stream in which half the
+   events are reviews whose text must be encoded.
+
+The broker is ``XREC_KAFKA_BOOTSTRAP`` when set, else a private local broker on a free port that is
+stopped at the end. Every run uses its own app id, topics and temp directory.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+
 from xrec.cli import CommandError
+from xrec.config import Settings
+from xrec.eval.sessions import AMAZON_DIR, Catalog, Workload, build_workload, stable_fraction
+
+log = logging.getLogger(__name__)
+
+DIM = 384
+WORKER_START_TIMEOUT_S = 240.0
+STALL_TIMEOUT_S = 90.0
+SAMPLE_EVERY_S = 0.1
+REVIEW_SHARE = 0.5
+MIND_DIR = Path("..") / "shared" / "data" / "mind-xmind"
+SAMPLE_FILE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "multilingual_sample.tsv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--items", type=int, default=10_000, help="catalog size (default 10000)")
+    parser.add_argument("--users", type=int, default=5_000, help="users in the replayed stream (default 5000)")
+    parser.add_argument("--events", type=int, default=20_000, help="events drained at saturation (default 20000)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="offered events/s for the latency run (default: half of saturation)"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
+    parser.add_argument(
+        "--naive-events", type=int, default=3_000, help="events the naive baseline processes (default 3000; 0: skip)"
+    )
+    parser.add_argument(
+        "--with-text", action="store_true", help="also run the review-heavy mix (needs the prepared model)"
+    )
+    parser.add_argument("--text-events", type=int, default=2_000, help="events of the review-heavy mix (default 2000)")
+    parser.add_argument(
+        "--held-profiles",
+        type=int,
+        default=0,
+        help="profiles the worker holds before the run, restored from its changelog (scaling by users)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=AMAZON_DIR, help="Amazon-M2 sessions folder")
+    parser.add_argument("--generated", action="store_true", help="use a generated stream even if the data is there")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--py-spy", type=Path, help="record the worker with py-spy during saturation into this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, stores) for inspection")
+
+
+# --- process measurement -------------------------------------------------------------------------------
+
+
+class ProcSampler(threading.Thread):
+    """Samples a process's CPU seconds (user+system) and RSS from /proc every 100 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True, name=f"sampler-{pid}")
+        self.pid = pid
+        self.samples: list[tuple[float, float, int]] = []  # (wall s, cpu s, rss bytes)
+        self._halt = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def read(self) -> tuple[float, int] | None:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            statm = Path(f"/proc/{self.pid}/statm").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime (fields 14, 15 of stat)
+        return cpu, int(statm.split()[1]) * self._page
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            got = self.read()
+            if got is None:
+                return
+            self.samples.append((time.time(), got[0], got[1]))
+            self._halt.wait(SAMPLE_EVERY_S)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=2)
+
+    def cpu_at(self, wall_s: float) -> float:
+        return float(np.interp(wall_s, [s[0] for s in self.samples], [s[1] for s in self.samples]))
+
+    def rss_at(self, wall_s: float) -> int:
+        return int(np.interp(wall_s, [s[0] for s in self.samples], [s[2] for s in self.samples]))
+
+
+@dataclass
+class Child:
+    """A subprocess of the bench (worker or baseline) with its log file and sampler."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    sampler: ProcSampler
+    web_port: int = 0
+
+    @classmethod
+    def start(cls, name: str, argv: list[str], env: dict[str, str], log_path: Path, web_port: int = 0) -> Child:
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        sampler = ProcSampler(proc.pid)
+        sampler.start()
+        return cls(name, proc, log_path, sampler, web_port)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def fail(self, what: str) -> CommandError:
+        return CommandError(f"{self.name} {what}; last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[str, float] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except (OSError, urllib.error.URLError):
+            return None
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.sampler.stop()
+
+
+def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
+
+
+# --- Kafka helpers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+async def produce(kwargs: dict[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(linger_ms=20, max_batch_size=1 << 20, **kwargs)
+    await producer.start()
+    n = 0
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, key=key, value=value))
+            n += 1
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return n
+
+
+async def produce_paced(kwargs: dict[str, Any], topic: str, events: list[dict[str, Any]], rate: float) -> float:
+    """Send ``events`` at ``rate``/s, each stamped with the wall clock as it goes; returns the rate achieved."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(linger_ms=2, **kwargs)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        sent = 0
+        while sent < len(events):
+            due = min(len(events), int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                event = events[sent]
+                event["ts"] = int(time.time() * 1000)
+                await producer.send(topic, key=event["user_id"].encode(), value=orjson.dumps(event))
+                sent += 1
+            await asyncio.sleep(0.005)
+        await producer.flush()
+        elapsed = time.monotonic() - started
+    finally:
+        await producer.stop()
+    return len(events) / elapsed if elapsed > 0 else math.inf
+
+
+async def read_topic(kwargs: dict[str, Any], topic: str, timeout_s: float = 120.0) -> list[OutRecord]:
+    """Every record of ``topic`` up to its end as of when the read starts."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
+    await consumer.start()
+    out: list[OutRecord] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        ends: dict[Any, int] | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            for msgs in batch.values():
+                out.extend(OutRecord(m.key, m.value, m.timestamp) for m in msgs)
+            assigned = consumer.assignment()
+            if ends is None and assigned:
+                ends = await consumer.end_offsets(list(assigned))
+            if ends is not None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# --- measuring lists -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Coverage:
+    """Which published list first answered each event (a list answers its user's events up to its trigger)."""
+
+    covered: int
+    first_list_s: float
+    last_list_s: float
+    lists: int
+    answered_at: dict[str, float] = field(default_factory=dict)  # event_id -> wall s of its first list
+
+    @property
+    def events_per_s(self) -> float:
+        span = self.last_list_s - self.first_list_s
+        return self.covered / span if span > 0 else math.nan
+
+
+def coverage(events: list[dict[str, Any]], records: list[OutRecord]) -> Coverage:
+    position: dict[str, tuple[str, int]] = {}
+    per_user: dict[str, list[str]] = {}
+    for e in events:
+        seq = per_user.setdefault(e["user_id"], [])
+        position[e["event_id"]] = (e["user_id"], len(seq))
+        seq.append(e["event_id"])
+    done: dict[str, int] = {}  # user -> events answered so far
+    answered: dict[str, float] = {}
+    times = []
+    lists = 0
+    for rec in sorted(records, key=lambda r: r.timestamp_ms):
+        if rec.value is None:
+            continue
+        trigger = orjson.loads(rec.value).get("trigger_event_id")
+        if trigger not in position:
+            continue
+        lists += 1
+        user, index = position[trigger]
+        start = done.get(user, 0)
+        if index + 1 > start:
+            for event_id in per_user[user][start : index + 1]:
+                answered[event_id] = rec.timestamp_ms / 1000.0
+            done[user] = index + 1
+        times.append(rec.timestamp_ms / 1000.0)
+    if not times:
+        return Coverage(0, math.nan, math.nan, 0)
+    return Coverage(sum(done.values()), min(times), max(times), lists, answered)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "max": math.nan}
+    arr = np.asarray(values)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
+    }
+
+
+def cost(child: Child, cov: Coverage) -> dict[str, Any]:
+    """CPU per 1,000 events and RSS growth of ``child`` between the first and the last list."""
+    s = child.sampler
+    if len(s.samples) < 2 or not cov.covered or math.isnan(cov.first_list_s):
+        return {"cpu_s_per_1k_events": math.nan, "cpu_util": math.nan, "rss_mb_end": math.nan}
+    cpu = s.cpu_at(cov.last_list_s) - s.cpu_at(cov.first_list_s)
+    span = cov.last_list_s - cov.first_list_s
+    return {
+        "cpu_s_per_1k_events": 1000.0 * cpu / cov.covered,
+        "cpu_util": cpu / span if span > 0 else math.nan,
+        "rss_mb_start": s.rss_at(cov.first_list_s) / 2**20,
+        "rss_mb_end": s.rss_at(cov.last_list_s) / 2**20,
+    }
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    settings: Settings
+    tmp: Path
+    bootstrap: str = ""
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    broker: Any = None
+
+    @property
+    def kafka_kwargs(self) -> dict[str, Any]:
+        from xrec.kafka import aiokafka_kwargs
+
+        return aiokafka_kwargs(self.settings, self.bootstrap)
+
+    @property
+    def connection(self) -> Any:
+        from xrec.kafka import KafkaConnection
+
+        return KafkaConnection.from_settings(self.settings, self.bootstrap)
+
+    # broker ----------------------------------------------------------------------------------------
+    def start_broker(self) -> None:
+        if self.settings.kafka_bootstrap:
+            self.bootstrap = self.settings.kafka_bootstrap
+            log.info("using the Kafka cluster at %s (XREC_KAFKA_BOOTSTRAP)", self.bootstrap)
+            return
+        from xrec.broker import LocalBroker, default_cache_dir, free_port
+
+        self.broker = LocalBroker(
+            port=free_port(), data_dir=self.tmp / "kafka", cache_dir=default_cache_dir(self.settings)
+        )
+        log.info("starting a private Kafka broker for this run in %s", self.tmp / "kafka")
+        self.broker.start()
+        self.bootstrap = self.broker.bootstrap
+
+    def stop_broker(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+
+    # names -----------------------------------------------------------------------------------------
+    def worker_settings(self, name: str) -> tuple[Settings, dict[str, str]]:
+        """Settings and environment of one worker: its own app id, topics, store and web port."""
+        from xrec.broker import free_port
+
+        tag = f"{self.tag}-{name}"
+        env = {
+            "XREC_KAFKA_BOOTSTRAP": self.bootstrap,
+            "XREC_APP_ID": f"xrec-bench-{tag}",
+            "XREC_STORE_PATH": str(self.tmp / f"store-{name}"),
+            "XREC_WEB_PORT": str(free_port()),
+            **{
+                f"XREC_TOPIC_{t.upper()}": f"bench-{tag}.{t}"
+                for t in ("items", "events", "control", "recommendations", "dlq")
+            },
+        }
+        return Settings.from_env({**os.environ, **env}), env
+
+    # catalog ---------------------------------------------------------------------------------------
+    def build_store(self, catalog: Catalog, names: list[str]) -> dict[str, float]:
+        """Load the catalog into one edge store, optimize it if large, then copy it for each of ``names``."""
+        from xrec.store.base import ItemPoint
+        from xrec.store.edge import EdgeStore
+
+        first, _ = self.worker_settings(names[0])
+        path = first.store_dir / first.collection
+        store = EdgeStore(path, dim=catalog.dim, index_threshold=self.settings.store_index_threshold)
+        ts = int(time.time() * 1000) - 86_400_000
+
+        async def load() -> tuple[float, float]:
+            t0 = time.perf_counter()
+            await store.ensure_collection(catalog.dim)
+            step = 10_000
+            for start in range(0, len(catalog), step):
+                stop = min(len(catalog), start + step)
+                vecs = catalog.vectors(start, stop)
+                points = [
+                    ItemPoint(
+                        catalog.ids[i],
+                        vecs[i - start],
+                        {
+                            "item_id": catalog.ids[i],
+                            "title": f"product {catalog.ids[i]}",
+                            "lang": catalog.langs[i],
+                            "category": f"c{int(catalog.clusters[i])}",
+                            "tags": [],
+                            "available": True,
+                            "ts": ts,
+                        },
+                    )
+                    for i in range(start, stop)
+                ]
+                await store.upsert(points)
+            loaded = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            if len(catalog) >= self.settings.store_index_threshold:
+                await store.optimize()
+            optimized = time.perf_counter() - t1
+            state = await store.index_state()
+            await store.close()
+            search.append(state.search)
+            log.info(
+                "catalog: %d items loaded in %.1fs, optimize %.1fs, search %s",
+                len(catalog),
+                loaded,
+                optimized,
+                state.search,
+            )
+            return loaded, optimized
+
+        search: list[str] = []
+        loaded, optimized = run_async(load())
+        for name in names[1:]:
+            other, _ = self.worker_settings(name)
+            shutil.copytree(first.store_dir, other.store_dir)
+        return {"load_s": loaded, "optimize_s": optimized, "search": search[0]}
+
+    def topics_for(self, settings: Settings) -> None:
+        from streams.app import prepare_topics
+
+        run_async(prepare_topics(settings, self.bootstrap))
+
+    # workers ---------------------------------------------------------------------------------------
+    def start_worker(self, name: str, env: dict[str, str], *, with_encoder: bool) -> Child:
+        argv = [sys.executable, "-m", "xrec.cli", "worker"]
+        if not with_encoder:
+            argv += ["--no-encoder", "--dim", str(DIM)]
+        child = Child.start(
+            f"worker {name}", argv, {**os.environ, **env}, self.tmp / f"worker-{name}.log", int(env["XREC_WEB_PORT"])
+        )
+        log.info("started worker %s (pid %d), log %s", name, child.proc.pid, child.log_path)
+        return child
+
+    def wait_for_events(self, child: Child, target: int, startup: bool = False) -> dict[str, float]:
+        """Poll the worker's metrics until it has handled ``target`` events (processed, duplicate or DLQ)."""
+        deadline = time.monotonic() + (WORKER_START_TIMEOUT_S if startup else STALL_TIMEOUT_S)
+        last = -1.0
+        while True:
+            if not child.alive():
+                raise child.fail(f"exited with {child.proc.returncode}")
+            metrics = child.metrics()
+            done = metric_sum(metrics, "xrec_events_total") if metrics else 0.0
+            if metrics and done >= target:
+                return metrics
+            if done > last:
+                last = done
+                deadline = max(deadline, time.monotonic() + STALL_TIMEOUT_S)
+            if time.monotonic() > deadline:
+                log.warning("%s handled %d of %d events and stopped making progress", child.name, done, target)
+                return metrics or {}
+            time.sleep(0.5)
+
+    @contextmanager
+    def py_spy(self, pid: int, seconds: float) -> Iterator[None]:
+        if self.args.py_spy is None:
+            yield
+            return
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(exe).exists():
+            raise CommandError("--py-spy: py-spy is not installed (pip install -e '.[dev]')")
+        out = Path(self.args.py_spy)
+        fmt = "speedscope" if out.suffix == ".json" else "raw" if out.suffix in (".txt", ".folded") else "flamegraph"
+        proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            yield
+        finally:
+            try:
+                _, err = proc.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                log.warning("py-spy failed (%s): %s", proc.returncode, err.decode(errors="replace").strip()[-300:])
+            else:
+                log.info("py-spy profile of the worker written to %s", out)
+
+    # phases ----------------------------------------------------------------------------------------
+    def saturation_and_latency(self, work: Workload) -> dict[str, Any]:
+        settings, env = self.worker_settings("xrec")
+        self.topics_for(settings)
+        kw = self.kafka_kwargs
+        if self.args.held_profiles:
+            held = self.seed_profiles(settings, work.catalog, self.args.held_profiles)
+        t0 = time.perf_counter()
+        run_async(produce(kw, settings.topic_events, _encoded(work.events)))
+        preload_s = time.perf_counter() - t0
+        log.info("preloaded %d events in %.1fs; starting the worker", len(work.events), preload_s)
+        worker = self.start_worker("xrec", env, with_encoder=False)
+        try:
+            budget = max(30.0, len(work.events) / 200.0)
+            with self.py_spy(worker.proc.pid, budget if self.args.py_spy else 0):
+                metrics = self.wait_for_events(worker, len(work.events), startup=True)
+            out = run_async(read_topic(kw, settings.topic_recommendations))
+            sat = coverage(work.events, out)
+            if not sat.covered:
+                raise worker.fail("published no list")
+            result: dict[str, Any] = {
+                "events": len(work.events),
+                "covered": sat.covered,
+                "lists": sat.lists,
+                "events_per_s": sat.events_per_s,
+                "seconds": sat.last_list_s - sat.first_list_s,
+                "dlq": metric_sum(metrics, "xrec_events_total", outcome="dlq"),
+                "preload_s": preload_s,
+                **cost(worker, sat),
+                "stages_s": {
+                    stage: metric_sum(metrics, "xrec_stage_seconds_sum", stage=stage)
+                    for stage in ("decode", "encode", "profile", "query", "rank", "publish")
+                },
+            }
+            if self.args.held_profiles:
+                result["held_profiles"] = held
+            latency = self.latency(worker, settings, work, sat.events_per_s, len(work.events))
+            memory = self.memory(worker, settings, sat, work)
+        finally:
+            worker.stop()
+            shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
+        return {"saturation": result, "latency": latency, "memory": memory}
+
+    def latency(
+        self, worker: Child, settings: Settings, work: Workload, saturation: float, handled: int
+    ) -> dict[str, Any]:
+        rate = self.args.rate or max(1.0, 0.5 * saturation)
+        n = max(1, min(len(work.events), int(rate * self.args.latency_seconds)))
+        events = [{**e, "event_id": f"L{i}"} for i, e in enumerate(work.events[:n])]
+        cpu0 = worker.sampler.read()
+        achieved = run_async(produce_paced(self.kafka_kwargs, settings.topic_events, events, rate))
+        self.wait_for_events(worker, handled + n)
+        cpu1 = worker.sampler.read()
+        out = run_async(read_topic(self.kafka_kwargs, settings.topic_recommendations))
+        cov = coverage(events, out)
+        delays = [
+            1000.0 * (cov.answered_at[e["event_id"]] - e["ts"] / 1000.0)
+            for e in events
+            if e["event_id"] in cov.answered_at
+        ]
+        return {
+            "offered_rate": rate,
+            "achieved_rate": achieved,
+            "events": n,
+            "answered": len(delays),
+            "latency_ms": percentiles(delays),
+            "cpu_s_per_1k_events": 1000.0 * (cpu1[0] - cpu0[0]) / n if cpu0 and cpu1 else math.nan,
+        }
+
+    def memory(self, worker: Child, settings: Settings, sat: Coverage, work: Workload) -> dict[str, Any]:
+        changelog = f"{settings.app_id}-profiles-changelog"
+        latest: dict[bytes, int] = {}
+        for rec in run_async(read_topic(self.kafka_kwargs, changelog)):
+            if rec.key is not None:
+                if rec.value is None:
+                    latest.pop(rec.key, None)
+                else:
+                    latest[rec.key] = len(rec.value)
+        profiles = len(latest)
+        mean = sum(latest.values()) / profiles if profiles else math.nan
+        rss = cost(worker, sat)
+        grown = (rss["rss_mb_end"] - rss["rss_mb_start"]) if "rss_mb_start" in rss else math.nan
+        new_users = work.users
+        now = worker.sampler.read()
+        return {
+            "profiles": profiles,
+            "profile_bytes_mean": mean,
+            "profile_mb_per_100k": mean * 100_000 / 2**20,
+            "rss_growth_mb": grown,
+            "rss_mb_per_100k_new_profiles": grown * 100_000 / new_users if new_users else math.nan,
+            "rss_mb_now": now[1] / 2**20 if now else math.nan,
+        }
+
+    def seed_profiles(self, settings: Settings, catalog: Catalog, count: int) -> dict[str, Any]:
+        """Write ``count`` profiles into the worker's changelog so it starts holding them (users U0…)."""
+        from xrec.kafka import TopicSpec, create_topics
+
+        changelog = f"{settings.app_id}-profiles-changelog"
+        run_async(create_topics(self.connection, [TopicSpec(changelog, settings.partitions, compacted=True)]))
+        t0 = time.perf_counter()
+        sizes = 0
+
+        def records() -> Iterator[tuple[bytes, bytes]]:
+            nonlocal sizes
+            for user, raw in synthetic_profiles(catalog, count, self.args.seed):
+                sizes += len(raw)
+                yield user.encode(), raw
+
+        run_async(produce(self.kafka_kwargs, changelog, records()))
+        seconds = time.perf_counter() - t0
+        log.info("seeded %d profiles (%.0f MB) into %s in %.1fs", count, sizes / 2**20, changelog, seconds)
+        return {"count": count, "bytes_mean": sizes / count, "seed_s": seconds}
+
+    def naive(self, work: Workload) -> dict[str, Any]:
+        settings, env = self.worker_settings("naive")
+        n = min(self.args.naive_events, len(work.events))
+        events = work.events[:n]
+        from xrec.kafka import TopicSpec, create_topics
+
+        run_async(
+            create_topics(
+                self.connection,
+                [
+                    TopicSpec(settings.topic_events, settings.partitions),
+                    TopicSpec(settings.topic_recommendations, settings.partitions),
+                ],
+            )
+        )
+        run_async(produce(self.kafka_kwargs, settings.topic_events, _encoded(events)))
+        argv = [
+            sys.executable, "-m", "xrec.eval.naive",
+            "--bootstrap", self.bootstrap,
+            "--events-topic", settings.topic_events,
+            "--output-topic", settings.topic_recommendations,
+            "--group", f"{settings.app_id}-naive",
+            "--dim", str(DIM),
+            "--stop-after", str(n),
+        ]  # fmt: skip
+        child = Child.start("naive baseline", argv, {**os.environ, **env}, self.tmp / "naive.log")
+        log.info("naive baseline (pid %d) processing %d events", child.proc.pid, n)
+        try:
+            child.proc.wait(timeout=max(600.0, n / 2.0))
+        except subprocess.TimeoutExpired:
+            child.stop()
+            raise child.fail("did not finish") from None
+        child.sampler.stop()
+        if child.proc.returncode != 0:
+            raise child.fail(f"exited with {child.proc.returncode}")
+        out = run_async(read_topic(self.kafka_kwargs, settings.topic_recommendations))
+        cov = coverage(events, out)
+        return {
+            "events": n,
+            "covered": cov.covered,
+            "lists": cov.lists,
+            "events_per_s": cov.events_per_s,
+            "seconds": cov.last_list_s - cov.first_list_s,
+            **cost(child, cov),
+        }
+
+    def review_mix(self, work: Workload) -> dict[str, Any]:
+        from xrec.modelhub import resolve_model
+
+        try:
+            model_dir = resolve_model(self.settings)
+        except Exception as exc:  # the result says why; the other figures stand
+            log.error("review-heavy mix not run: the text model is not available: %s", exc)
+            return {"status": "not run", "reason": f"text model not available: {exc}"}
+        settings, env = self.worker_settings("text")
+        self.topics_for(settings)
+        texts = review_texts(self.args.seed)
+        n = min(self.args.text_events, len(work.events))
+        events = []
+        for e in work.events[:n]:
+            if stable_fraction(e["event_id"], "review") < REVIEW_SHARE:
+                rating = 1 + int(stable_fraction(e["event_id"], "rating") * 5)
+                e = {**e, "type": "review", "rating": rating, "text": texts[hash_index(e["event_id"], len(texts))]}
+            events.append(e)
+        run_async(produce(self.kafka_kwargs, settings.topic_events, _encoded(events)))
+        worker = self.start_worker("text", env, with_encoder=True)
+        try:
+            metrics = self.wait_for_events(worker, n, startup=True)
+            out = run_async(read_topic(self.kafka_kwargs, settings.topic_recommendations))
+            cov = coverage(events, out)
+            reviews = sum(1 for e in events if e["type"] == "review")
+            return {
+                "status": "ok",
+                "model": str(model_dir),
+                "events": n,
+                "reviews": reviews,
+                "covered": cov.covered,
+                "events_per_s": cov.events_per_s,
+                "encode_s": metric_sum(metrics, "xrec_stage_seconds_sum", stage="encode"),
+                "seconds": cov.last_list_s - cov.first_list_s,
+                **cost(worker, cov),
+            }
+        finally:
+            worker.stop()
+            shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
+
+
+def _encoded(events: list[dict[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
+    for e in events:
+        yield e["user_id"].encode(), orjson.dumps(e)
+
+
+def hash_index(key: str, n: int) -> int:
+    return int(stable_fraction(key, "text") * n)
+
+
+def review_texts(seed: int) -> list[str]:
+    """Review-length texts in several languages: MIND titles/abstracts when present, else the test sample."""
+    out: list[str] = []
+    for name, cols in (("news_en.tsv", (3, 4)), ("news_zh.tsv", (1, 2))):
+        path = MIND_DIR / name
+        if path.is_file():
+            with path.open(encoding="utf-8") as fh:
+                next(fh, None)
+                for i, line in enumerate(fh):
+                    if i >= 2000:
+                        break
+                    parts = line.rstrip("\n").split("\t")
+                    if len(parts) > max(cols):
+                        out.append(f"{parts[cols[0]]}. {parts[cols[1]]}".strip(". "))
+    if not out and SAMPLE_FILE.is_file():
+        rng = random.Random(seed)
+        sentences = [line.split("\t")[2] for line in SAMPLE_FILE.read_text(encoding="utf-8").splitlines()[1:]]
+        out = [" ".join(rng.choice(sentences) for _ in range(rng.choice((1, 2, 3)))) for _ in range(500)]
+    if not out:
+        raise CommandError(f"no review texts: neither {MIND_DIR} nor {SAMPLE_FILE} is present")
+    return out
+
+
+def synthetic_profiles(catalog: Catalog, count: int, seed: int) -> Iterator[tuple[str, bytes]]:
+    """Profiles like a replayed user's after a few sessions: 1–4 interests, 20 seen items, 20 event ids."""
+    from collections import OrderedDict
+
+    from xrec.profile import UserProfile
+
+    rng = np.random.default_rng([seed, 0x5E])
+    now = int(time.time() * 1000)
+    centres = catalog.centres
+    n_items = len(catalog)
+    chunk = 10_000
+    for base in range(0, count, chunk):
+        m = min(chunk, count - base)
+        ks = rng.integers(1, 5, size=m)
+        clusters = rng.integers(0, catalog.n_clusters, size=(m, 4))
+        noise = rng.standard_normal((m, 4, catalog.dim)).astype(np.float32) * (0.3 / math.sqrt(catalog.dim))
+        cents = centres[clusters] + noise
+        cents /= np.linalg.norm(cents, axis=2, keepdims=True)
+        seen = rng.integers(0, n_items, size=(m, 20))
+        fps = rng.bytes(m * 20 * 8)
+        weights = rng.uniform(0.5, 3.0, size=(m, 4))
+        for j in range(m):
+            k = int(ks[j])
+            ids = [catalog.ids[i] for i in seen[j]]
+            p = UserProfile(
+                dim=catalog.dim,
+                centroids=cents[j, :k].copy(),
+                weights=weights[j, :k].copy(),
+                anchors=ids[:k],
+                seen=OrderedDict.fromkeys(ids),
+                languages={catalog.langs[int(seen[j][0])]: 1.0},
+                event_ids=OrderedDict.fromkeys(fps[(j * 20 + i) * 8 : (j * 20 + i + 1) * 8] for i in range(20)),
+                last_ts=now - 3_600_000,
+                events=20,
+            )
+            yield f"U{base + j}", p.to_bytes()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise CommandError("xrec bench pipeline is not built yet")
+    for name in ("items", "users", "events"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name} must be at least 1")
+    settings = Settings.from_env()
+    if settings.store_backend != "edge":
+        raise CommandError("xrec bench pipeline measures the edge store (XREC_STORE_BACKEND=edge)")
+    started = time.perf_counter()
+    load = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="xrec-bench-pipeline-"))
+    bench = Bench(args, settings, tmp)
+    try:
+        work = build_workload(
+            args.items,
+            args.users,
+            args.events,
+            dim=DIM,
+            seed=args.seed,
+            data_dir=None if args.generated else args.data_dir,
+        )
+        log.info(
+            "workload: %s, %d items, %d users, %d events", work.source, len(work.catalog), work.users, len(work.events)
+        )
+        bench.start_broker()
+        names = ["xrec"] + (["naive"] if args.naive_events else []) + (["text"] if args.with_text else [])
+        catalog = bench.build_store(work.catalog, names)
+        xrec = bench.saturation_and_latency(work)
+        naive = bench.naive(work) if args.naive_events else {"status": "not run (--naive-events 0)"}
+        text = bench.review_mix(work) if args.with_text else {"status": "not run (pass --with-text)"}
+    finally:
+        bench.stop_broker()
+        if args.keep:
+            log.info("kept %s", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    sat = xrec["saturation"]["events_per_s"]
+    naive_rate = float(naive.get("events_per_s", math.nan))
+    return {
+        "workload": {
+            "source": work.source,
+            "items": len(work.catalog),
+            "users": work.users,
+            "events": len(work.events),
+            "sessions": work.sessions,
+            "session_repeats": work.session_repeats,
+        },
+        "catalog": catalog,
+        "settings": {
+            "partitions": settings.partitions,
+            "batch_size": settings.batch_size,
+            "batch_within_ms": settings.batch_within_ms,
+            "interests_k": settings.interests_k,
+            "candidates_per_interest": settings.candidates_per_interest,
+            "store_index_threshold": settings.store_index_threshold,
+        },
+        "xrec": xrec,
+        "naive": naive,
+        "ratio": sat / naive_rate if naive_rate and not math.isnan(naive_rate) else math.nan,
+        "cpu_ratio": float(naive.get("cpu_s_per_1k_events", math.nan)) / xrec["saturation"]["cpu_s_per_1k_events"],
+        "review_mix": text,
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": load, "load_avg_at_end": os.getloadavg()},
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
-    return str(result)
+    w, x = result["workload"], result["xrec"]
+    sat, lat, mem = x["saturation"], x["latency"], x["memory"]
+    naive, text = result["naive"], result["review_mix"]
+    lines = [
+        f"workload   {w['source']}: {w['items']} items, {w['users']} users, {w['events']} events",
+        f"catalog    load {result['catalog']['load_s']:.1f}s, optimize {result['catalog']['optimize_s']:.1f}s, "
+        f"search {result['catalog']['search']}",
+        f"xrec       {sat['events_per_s']:.0f} events/s at saturation ({sat['covered']} events, {sat['lists']} lists, "
+        f"{sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events",
+        f"latency    at {lat['offered_rate']:.0f} events/s offered: p50 {lat['latency_ms']['p50']:.0f} ms, "
+        f"p95 {lat['latency_ms']['p95']:.0f} ms, p99 {lat['latency_ms']['p99']:.0f} ms "
+        f"({lat['answered']}/{lat['events']} answered)",
+        f"memory     {mem['profiles']} profiles, {mem['profile_bytes_mean']:.0f} B each = "
+        f"{mem['profile_mb_per_100k']:.0f} MB per 100k (serialized); RSS grew {mem['rss_growth_mb']:.0f} MB "
+        f"= {mem['rss_mb_per_100k_new_profiles']:.0f} MB per 100k new profiles",
+    ]
+    if "events_per_s" in naive:
+        lines.append(
+            f"naive      {naive['events_per_s']:.0f} events/s ({naive['covered']} events), "
+            f"CPU {naive['cpu_s_per_1k_events']:.2f} s per 1k events"
+        )
+        lines.append(
+            f"ratio      xrec / naive = {result['ratio']:.1f}x events/s, {result['cpu_ratio']:.1f}x less CPU per event"
+        )
+    else:
+        lines.append(f"naive      {naive['status']}")
+    if text.get("status") == "ok":
+        lines.append(
+            f"reviews    {text['events_per_s']:.0f} events/s with {text['reviews']} of {text['events']} events "
+            f"encoded, CPU {text['cpu_s_per_1k_events']:.2f} s per 1k events"
+        )
+    else:
+        lines.append(f"reviews    {text['status']}: {text.get('reason', '')}".rstrip(": "))
+    m = result["machine"]
+    lines.append(
+        f"machine    {m['cpus']} CPUs, load {m['load_avg_at_start'][0]:.1f} at start, {m['load_avg_at_end'][0]:.1f} at end; run {result['seconds']:.0f}s"
+    )
+    return "\n".join(lines)
