@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "language they never read, catalog coverage. Then it stops what it started and deletes its topics."
         ),
     )
-    p.add_argument("--users", type=int, default=14, help="simulated readers (default 14: two per language)")
+    p.add_argument(
+        "--users", type=int, default=14, metavar="N", help="simulated readers (default 14: two per language)"
+    )
     p.add_argument(
         "--items-per-topic",
         type=int,
@@ -29,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="N",
         help="catalog items per topic and language (default: all 8, i.e. 336 items)",
     )
-    p.add_argument("--interval-ms", type=float, default=60.0, help="pause between simulated events (default 60 ms)")
-    p.add_argument("--top", type=int, default=5, help="items shown per user in the closing lists (default 5)")
+    p.add_argument(
+        "--interval-ms", type=float, default=60.0, metavar="MS", help="pause between simulated events (default 60 ms)"
+    )
+    p.add_argument(
+        "--top", type=int, default=5, metavar="N", help="items shown per user in the closing lists (default 5)"
+    )
     p.add_argument(
         "--ready-timeout", type=float, default=300.0, metavar="S", help="seconds to wait for the worker's /readyz"
     )

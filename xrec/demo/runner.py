@@ -95,7 +95,6 @@ class DemoRun:
 
         started = time.monotonic()
         say = self.console.say
-        workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         topics = DemoTopics(self.prefix)
         catalog = build_catalog(self.options.items_per_topic)
         users = make_users(self.options.users)
@@ -105,6 +104,7 @@ class DemoRun:
             f"{len(users)} simulated readers, {len(plan)} events"
         )
         broker, bootstrap = self._broker()
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         worker: WorkerProcess | None = None
         finished = False
         previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
@@ -118,6 +118,7 @@ class DemoRun:
                 "XREC_KAFKA_BOOTSTRAP": bootstrap,
                 "XREC_APP_ID": self.prefix,
                 "XREC_HOME": str(workdir / "home"),
+                "XREC_STORE_BACKEND": "edge",  # never the user's Qdrant collection: the demo's store is its own
                 "XREC_STORE_PATH": str(workdir / "store"),
                 "XREC_WEB_HOST": "127.0.0.1",
                 "XREC_WEB_PORT": str(web_port),
@@ -138,7 +139,8 @@ class DemoRun:
             finished = True
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
-            self._shut_down(worker, broker, bootstrap, workdir, keep_files=not finished)
+            incomplete = not finished or bool(self.result and self.result["missing_users"])
+            self._shut_down(worker, broker, bootstrap, workdir, keep_files=incomplete)
         assert self.result is not None
         self.result["seconds"]["total"] = round(time.monotonic() - started, 1)
         return self.result
@@ -261,8 +263,12 @@ class DemoRun:
                     f"WARNING: no list answering the last event of {len(missing)} users ({', '.join(missing[:8])}) "
                     f"within {options.lists_timeout_s:.0f} s; see the worker log {worker.log_path}"
                 )
-            events = await asyncio.to_thread(worker.labelled, "xrec_events_total", "outcome")
-            totals = await asyncio.to_thread(worker.metrics)
+            try:
+                events = await asyncio.to_thread(worker.labelled, "xrec_events_total", "outcome")
+                totals = await asyncio.to_thread(worker.metrics)
+            except (OSError, ValueError) as exc:
+                say(f"WARNING: could not read the worker's /metrics ({exc}); its figures are missing below")
+                events, totals = {}, {}
             summary = stats.summary()
             summary.update(
                 run=self.prefix,
@@ -321,6 +327,7 @@ class DemoRun:
         )
 
     async def _read_lists(self, consumer: Any, stats: DemoStats) -> None:
+        titles = {item.item_id: item.title for item in stats.catalog}
         async for message in consumer:
             arrived = time.time() * 1000
             key = message.key.decode(errors="replace") if message.key else ""
@@ -329,9 +336,16 @@ class DemoRun:
                 if not self.options.as_json:
                     self.console.line(f"  user {key} forgotten")
                 continue
-            lst = stats.record_list(orjson.loads(message.value), key, arrived)
+            try:
+                value = orjson.loads(message.value)
+            except orjson.JSONDecodeError:
+                self.console.say(f"skipped a record of {message.topic} that is not JSON (offset {message.offset})")
+                continue
+            lst = stats.record_list(value, key, arrived)
             if lst is not None:
                 self.console.live(lst, stats)
+            elif isinstance(value, dict):
+                self.console.live_other(str(value.get("user_id", key)), value.get("items") or [], titles)
 
     def _print_keep_running(self, bootstrap: str, topics: DemoTopics, worker: WorkerProcess) -> None:
         assert self.result is not None

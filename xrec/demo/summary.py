@@ -84,18 +84,20 @@ class DemoStats:
             self.foreign_lists += 1
             return None
         shown = []
-        for entry in value.get("items", []):
-            item = self._items.get(entry["item_id"])
+        for entry in value.get("items") or []:
+            if not isinstance(entry, dict) or entry.get("item_id") is None:
+                continue
+            item = self._items.get(str(entry["item_id"]))
             shown.append(
                 ShownItem(
-                    entry["item_id"],
+                    str(entry["item_id"]),
                     float(entry.get("score", 0.0)),
                     str(entry.get("lang") or (item.lang if item else "?")),
                     item.topic if item else None,
                     item.title if item else "",
                 )
             )
-            self.recommended_ids.add(entry["item_id"])
+            self.recommended_ids.add(str(entry["item_id"]))
         trigger_id = value.get("trigger_event_id")
         trigger = self.sent.get(trigger_id or "")
         latency = arrived_ms - trigger[1] if trigger else None

@@ -79,6 +79,16 @@ class Console:
         latency = f"{lst.latency_ms:5.0f} ms" if lst.latency_ms is not None else "      ? "
         self.line(f"  {user.user_id} {user.lang}/{user.topic:<11} {what:<7} {latency}  {shown}")
 
+    def live_other(self, user_id: str, items: Sequence[dict[str, Any]], titles: dict[str, str], top: int = 3) -> None:
+        """A list for a user the demo did not simulate (``--keep-running`` with your own events)."""
+        if self.as_json:
+            return
+        shown = " · ".join(
+            f"{item.get('lang', '?')} {clip(titles.get(str(item.get('item_id')), str(item.get('item_id'))), 24)}"
+            for item in items[:top]
+        )
+        self.line(f"  {user_id} (your user)  {shown}")
+
     def final_lists(self, stats: DemoStats, users: Sequence[DemoUser], top: int) -> None:
         self.line("")
         self.line(f"Latest list per user (top {top}; * = a language the user never used):")
