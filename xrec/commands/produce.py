@@ -285,6 +285,12 @@ class Progress:
         self.stream.write(f"\r{text}  {rate:,.0f}/s  {skipped} skipped ")
         self.stream.flush()
 
+    def note(self, message: str) -> None:
+        """A message on its own line, clearing the bar first so the two do not mix."""
+        self.stream.write(("\r\033[K" if self.enabled else "") + message + "\n")
+        self.stream.flush()
+        self._last = 0.0  # redraw the bar right away
+
     def close(self, done: int, skipped: int) -> None:
         if self.enabled:
             self.update(done, skipped, force=True)
@@ -343,7 +349,7 @@ async def send_lines(
         for line in lines:
             if line.value is None:
                 report.skipped.append(line)
-                print(f"line {line.number}: {line.error}", file=sys.stderr)
+                progress.note(f"line {line.number}: {line.error}")
             else:
                 future = await producer.send(topic, value=orjson.dumps(line.value), key=record_key(kind, line.value))
                 pending.append(future)
@@ -429,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
         rate = report.sent / report.seconds if report.seconds > 0 else 0.0
         print(
             f"{args.kind}: sent {report.sent} records to {topic} in {report.seconds:.2f} s ({rate:,.0f}/s); "
-            f"skipped {len(report.skipped)} lines"
+            f"skipped {len(report.skipped)} line{'' if len(report.skipped) == 1 else 's'}"
         )
     if report.failed:
         raise CommandError(f"{report.failed} records were not delivered to {topic}: {report.first_failure}")
