@@ -101,7 +101,7 @@ class DemoRun:
         plan = play_order(users, catalog)
         say(
             f"xrec demo {self.prefix}: {len(catalog)} items ({len(TOPICS)} topics × {len(LANGUAGES)} languages), "
-            f"{len(users)} simulated readers, {len(plan)} events"
+            f"{len(users)} simulated reader{'s' if len(users) != 1 else ''}, {len(plan)} events"
         )
         broker, bootstrap = self._broker()
         workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
