@@ -13,11 +13,14 @@ import math
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import orjson
 
 from xrec.config import Settings
+
+K = TypeVar("K", str, bytes)
 
 _MAGIC = b"XP1"
 _HEADER = struct.Struct("<3sBHI")  # magic, version, dim, metadata length
@@ -192,7 +195,7 @@ class UserProfile:
                 self.weights[best] = max(0.0, float(self.weights[best]) - w * float(sims[best]))
 
     @staticmethod
-    def _remember(bounded: OrderedDict[str, None], item_id: str, limit: int) -> None:
+    def _remember(bounded: OrderedDict[K, None], item_id: K, limit: int) -> None:
         bounded[item_id] = None
         bounded.move_to_end(item_id)
         while len(bounded) > limit:
