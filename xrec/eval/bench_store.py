@@ -45,7 +45,7 @@ WARMUP = 5
 LIMIT = 10
 EXCLUDED_PER_QUERY = 5
 #: Queries per call in the GIL check: long calls, so thread hand-offs (5 ms switch interval) do not blur it.
-GIL_CHECK_QUERIES = 32
+GIL_CHECK_QUERIES = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget-s",
         type=float,
-        default=20.0,
-        help="stop a latency measurement after this many seconds, having timed at least one request (default 20)",
+        default=10.0,
+        help="stop a latency measurement after this many seconds, having timed at least one request (default 10)",
     )
     parser.add_argument("--uniform", action="store_true", help="uniformly random vectors instead of topic clusters")
     parser.add_argument("--backends", default="edge,qdrant", help="backends to measure (default edge,qdrant)")
@@ -321,11 +321,11 @@ async def _timed(calls: list[Callable[[], Awaitable[Any]]], budget_s: float) -> 
     return times, results
 
 
-async def _gil_check(store: VectorStore, queries: list[VectorQuery], rounds: int = 5) -> dict[str, Any]:
+async def _gil_check(store: VectorStore, queries: list[VectorQuery], rounds: int = 3) -> dict[str, Any]:
     """How fast a pure-Python thread spins *while an edge call runs*, relative to spinning alone.
 
     Each round times the spinner alone for 0.2 s, then inside one exact-search call (before optimize,
-    32 queries, so the call is long enough to see); the median over rounds resists a busy machine's
+    16 queries, so the call is long enough to see); the median over rounds resists a busy machine's
     drift. Near 1: the engine releases the GIL while it works; near 0: it holds it, and the event
     loop and every other Python thread wait for each call to return.
     """

@@ -101,7 +101,7 @@ class EdgeStore:
 
     name = "edge"
 
-    def __init__(self, path: str | Path, *, dim: int | None = None, index_threshold: int = 20_000) -> None:
+    def __init__(self, path: str | Path, *, dim: int | None = None, index_threshold: int = 10_000) -> None:
         self.path = Path(path)
         self.index_threshold = index_threshold
         self._dim = dim
