@@ -97,7 +97,7 @@ class Settings:
     qdrant_prefer_grpc: bool = _setting(True, "Use gRPC to talk to the Qdrant server.")
     collection: str = _setting("xrec_items", "Name of the item collection.")
     store_index_threshold: int = _setting(
-        10_000,
+        20_000,
         "Edge store: below this many items search stays exact; `optimize()` builds the HNSW index only above it.",
     )
 

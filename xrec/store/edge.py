@@ -2,17 +2,21 @@
 
 Threading. Edge is synchronous Rust; every call runs on one dedicated thread (a single-thread
 executor), which keeps writes and reads in submission order and never touches the shard from two
-threads. qdrant-edge-py 0.9.0 does *not* release the GIL while it works (measured: a spinning Python
-thread advanced at ~0.5% of its normal rate during a 15 s ``optimize()`` and ~10% during a batch of
-exact queries), so the thread keeps calls off the event loop's stack but a long call still pauses the
-loop for its duration. Queries and upserts take milliseconds, which is fine; ``optimize()`` takes tens
-of seconds, so it runs in a child process (see below) while the loop keeps serving Kafka.
+threads. qdrant-edge-py 0.9.0 does *not* release the GIL while it works (``xrec bench store`` checks:
+a spinning Python thread advanced at ~2-10% of its idle rate inside exact-search calls, and at <1%
+during a 15 s in-process ``optimize()``), so the thread keeps calls off the event loop's stack but
+the loop still pauses for each call's duration. Queries and upserts take milliseconds, which is
+fine; ``optimize()`` takes tens of seconds to minutes, so it runs in a child process (see below)
+while the loop keeps serving Kafka.
 
 Indexing. Edge runs no background optimizer: points land in an appendable segment that is searched
-exactly until ``optimize()`` is called. An exact search over 20k 384-d vectors costs a few ms, so
-collections below ``index_threshold`` items are never HNSW-indexed (the engine's indexing threshold
-is set from it); above it, callers run ``optimize()`` after a bulk load (``xrec`` commands that load a
-catalog do) or at a quiet moment. Nothing optimizes on its own in the hot path.
+exactly until ``optimize()`` is called. Measured on 2 busy cores (384-d, filtered top-10): exact
+search costs ~3 ms per query at 10k items and ~24 ms at 100k; HNSW gave nothing at 10k (2.8 ms) and
+8× at 100k (3.1 ms), while building it took 11 s for 10k and ~5 min for 100k. So collections below
+``index_threshold`` items (``XREC_STORE_INDEX_THRESHOLD``, default 20k) are never HNSW-indexed (the
+engine's indexing threshold is set from it, so ``optimize()`` on them only merges segments); above
+it, callers run ``optimize()`` after a bulk load or at a quiet moment. Nothing optimizes on its own
+in the hot path.
 
 ``optimize()`` closes the shard, runs ``EdgeShard.optimize`` in a child Python process on the same
 directory (the WAL lock allows one opener), then reopens it. Other calls wait in the executor queue
@@ -101,7 +105,7 @@ class EdgeStore:
 
     name = "edge"
 
-    def __init__(self, path: str | Path, *, dim: int | None = None, index_threshold: int = 10_000) -> None:
+    def __init__(self, path: str | Path, *, dim: int | None = None, index_threshold: int = 20_000) -> None:
         self.path = Path(path)
         self.index_threshold = index_threshold
         self._dim = dim
