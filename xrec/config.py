@@ -62,6 +62,10 @@ class Settings:
     processing_guarantee: ProcessingGuarantee = _setting(
         "at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions)."
     )
+    session_timeout_s: float = _setting(
+        30.0,
+        "A worker silent this long (crashed, killed) loses its partitions to the others: recovery time after a kill.",
+    )
 
     # --- topics ------------------------------------------------------------------------------
     topic_items: str = _setting("xrec.items", "Item upserts and deletes, keyed by item_id.")
