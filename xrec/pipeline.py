@@ -248,14 +248,20 @@ class Recommender:
             spans.append((user_id, len(queries), len(queries) + len(qs)))
             queries += qs
         hits: list[list[Hit]] = []
+        vectors: dict[str, np.ndarray] = {}
         if queries:
-            with self._stage("query"), self._store_op("query"):
-                hits = await self.store.query_batch(queries, with_vectors=True)
+            with self._stage("query"):
+                with self._store_op("query"):
+                    # No vectors in the answer: turning them into Python lists cost more than the search.
+                    hits = await self.store.query_batch(queries, with_vectors=False)
+                metas = await self._item_meta({h.item_id for per_query in hits for h in per_query})
+                vectors = {item_id: meta.vector for item_id, meta in metas.items()}
         lists: list[RecommendationList] = []
         with self._stage("rank"):
             for user_id, start, end in spans:
                 profile = users[user_id]
-                cands = Candidates.from_hits([h for per_query in hits[start:end] for h in per_query], self.dim)
+                flat = [h for per_query in hits[start:end] for h in per_query]
+                cands = Candidates.from_hits(flat, self.dim, vectors)
                 trend = self.popularity.trend(cands.ids) if self.rank_params.trending_weight else None
                 items = rank(profile, cands, self.rank_params, self.profile_params, int(now), trend)
                 lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))

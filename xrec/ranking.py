@@ -66,20 +66,32 @@ class Candidates:
     ts: np.ndarray  # (n,) epoch ms, 0 when unknown
 
     @classmethod
-    def from_hits(cls, hits: Sequence[Hit], dim: int) -> Candidates:
-        """Union of several queries' hits (first occurrence wins); hits must carry vectors."""
-        seen: dict[str, Hit] = {}
-        for hit in hits:
-            if hit.item_id not in seen and hit.vector is not None:
-                seen[hit.item_id] = hit
-        unique = list(seen.values())
-        vectors = np.vstack([np.asarray(h.vector) for h in unique]).astype(np.float32) if unique else np.zeros((0, dim), np.float32)
-        return cls(
-            ids=[h.item_id for h in unique],
-            vectors=vectors,
-            langs=[str(h.payload.get("lang", "und")) for h in unique],
-            ts=np.asarray([int(h.payload.get("ts") or 0) for h in unique], np.int64),
-        )
+    def from_hits(cls, hits: Sequence[Hit], dim: int, vectors: Mapping[str, np.ndarray] | None = None) -> Candidates:
+        """Union of several queries' hits (first occurrence wins).
+
+        Each hit's vector comes from ``vectors`` by item id when given (the engine's item cache), else
+        from the hit itself; a hit with neither is dropped.
+        """
+        taken: set[str] = set()
+        ids: list[str] = []
+        rows: list[np.ndarray] = []
+        langs: list[str] = []
+        stamps: list[int] = []
+        for hit in hits:  # one pass: this runs for every candidate of every list
+            item_id = hit.item_id
+            if item_id in taken:
+                continue
+            vec = vectors.get(item_id) if vectors is not None else hit.vector
+            if vec is None:
+                continue
+            taken.add(item_id)
+            ids.append(item_id)
+            rows.append(vec)
+            langs.append(str(hit.payload.get("lang", "und")))
+            stamps.append(int(hit.payload.get("ts") or 0))
+        # np.array copies the rows in one C loop; vstack costs ~2 µs per row in Python-level checks.
+        matrix = np.array(rows, np.float32) if rows else np.zeros((0, dim), np.float32)
+        return cls(ids=ids, vectors=matrix, langs=langs, ts=np.asarray(stamps, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -142,15 +154,15 @@ def mmr_select(vectors: np.ndarray, relevance: np.ndarray, n: int, lam: float) -
     if lam >= 1.0:
         return [int(i) for i in np.argsort(-relevance, kind="stable")[:n]]
     chosen: list[int] = []
-    max_sim = np.full(count, -np.inf)
-    available = np.ones(count, bool)
+    base = lam * relevance
+    max_sim: np.ndarray | None = None  # highest similarity of each candidate to a chosen one (float64)
     for _ in range(min(n, count)):
-        redundancy = np.where(np.isfinite(max_sim), max_sim, 0.0)
-        gain = np.where(available, lam * relevance - (1 - lam) * redundancy, -np.inf)
+        gain = base.copy() if max_sim is None else base - (1 - lam) * max_sim
+        gain[chosen] = -np.inf
         pick = int(np.argmax(gain))
         chosen.append(pick)
-        available[pick] = False
-        max_sim = np.maximum(max_sim, vectors @ vectors[pick])
+        sims = (vectors @ vectors[pick]).astype(np.float64)
+        max_sim = sims if max_sim is None else np.maximum(max_sim, sims)
     return chosen
 
 
