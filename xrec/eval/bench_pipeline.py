@@ -63,6 +63,8 @@ DIM = 384
 WORKER_START_TIMEOUT_S = 240.0
 STALL_TIMEOUT_S = 90.0
 SAMPLE_EVERY_S = 0.1
+#: How often the worker's /metrics is read while waiting; rendering it costs the worker CPU, so not too often.
+METRICS_POLL_S = 2.0
 REVIEW_SHARE = 0.5
 MIND_DIR = Path("..") / "shared" / "data" / "mind-xmind"
 SAMPLE_FILE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "multilingual_sample.tsv"
@@ -513,7 +515,7 @@ class Bench:
             if time.monotonic() > deadline:
                 log.warning("%s handled %d of %d events and stopped making progress", child.name, done, target)
                 return metrics or {}
-            time.sleep(0.5)
+            time.sleep(METRICS_POLL_S)
 
     @contextmanager
     def py_spy(self, pid: int, seconds: float) -> Iterator[None]:
