@@ -1,0 +1,73 @@
+"""``xrec bench pipeline`` end to end on the test broker, tiny sizes: it must produce figures.
+
+Speeds are never asserted (the machine is shared); what is checked is that every figure comes from
+real lists on the output topic: all events are answered, rates and percentiles are numbers, the
+naive baseline ran, and the review-heavy mix either ran with the model or says plainly why not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from xrec.config import Settings
+from xrec.modelhub import default_model_dir, is_complete
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(kafka_bootstrap: str, *args: str) -> dict[str, Any]:
+    env = {**os.environ, "XREC_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    done = subprocess.run(
+        [sys.executable, "-m", "xrec.cli", "bench", "pipeline", "--json", *args],
+        env=env,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    return result
+
+
+def test_the_pipeline_bench_reports_throughput_latency_cost_and_the_naive_ratio(kafka_bootstrap: str) -> None:
+    model_ready = is_complete(default_model_dir(Settings.from_env()))
+    args = ["--items", "400", "--users", "40", "--events", "240", "--naive-events", "60"]
+    args += ["--latency-seconds", "3", "--rate", "20", "--generated"]
+    if model_ready:
+        args += ["--with-text", "--text-events", "30"]
+    result = run_bench(kafka_bootstrap, *args)
+
+    sat = result["xrec"]["saturation"]
+    assert sat["covered"] == sat["events"] == 240
+    assert sat["events_per_s"] > 0 and sat["cpu_s_per_1k_events"] > 0
+    assert 0 < sat["lists"] <= 240
+    assert sat["dlq"] == 0
+
+    lat = result["xrec"]["latency"]
+    assert lat["answered"] == lat["events"] == 60  # 20 events/s for 3 s
+    p = lat["latency_ms"]
+    assert 0 <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+
+    mem = result["xrec"]["memory"]
+    assert mem["profiles"] == result["workload"]["users"]
+    assert mem["profile_bytes_mean"] > 0
+
+    naive = result["naive"]
+    assert naive["covered"] == naive["events"] == 60
+    assert naive["lists"] == 60  # one list per event: no coalescing
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+
+    text = result["review_mix"]
+    if model_ready:
+        assert text["status"] == "ok"
+        assert text["covered"] == text["events"] == 30 and text["reviews"] > 0
+        assert text["encode_s"] > 0
+    else:
+        assert text["status"] == "not run (pass --with-text)"

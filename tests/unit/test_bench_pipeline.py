@@ -1,0 +1,226 @@
+"""The pieces of ``xrec bench pipeline`` that need no broker: the replayed stream, the naive
+baseline's engine (on a real edge store) and the arithmetic that turns output records into figures.
+No timings are asserted."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from xrec.config import Settings
+from xrec.eval.bench_pipeline import OutRecord, coverage, metric_sum, percentiles, synthetic_profiles
+from xrec.eval.naive import NaiveEngine, profile_from_json, profile_to_json
+from xrec.eval.sessions import AMAZON_DIR, build_workload, load_amazon_sessions
+from xrec.events import Interaction
+from xrec.pipeline import Recommender
+from xrec.profile import ProfileParams, UserProfile
+from xrec.store import ItemPoint, open_store
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+AMAZON = REPO / AMAZON_DIR
+
+
+# --- the stream ----------------------------------------------------------------------------------
+
+
+def test_a_generated_stream_has_the_events_and_users_asked_for_over_catalog_items() -> None:
+    w = build_workload(500, 40, 300, dim=16, seed=3, data_dir=None)
+    assert len(w.events) == 300
+    assert w.users <= 40
+    ids = set(w.catalog.ids)
+    assert len(ids) == 500
+    assert all(e["item_id"] in ids for e in w.events)
+    assert len({e["event_id"] for e in w.events}) == 300
+
+
+def test_events_come_in_event_time_order() -> None:
+    w = build_workload(500, 40, 300, dim=16, seed=3, data_dir=None)
+    stamps = [e["ts"] for e in w.events]
+    assert stamps == sorted(stamps)
+
+
+def test_the_same_seed_gives_the_same_stream_and_vectors() -> None:
+    a = build_workload(300, 20, 100, dim=16, seed=7, data_dir=None, now_ms=1_700_000_000_000)
+    b = build_workload(300, 20, 100, dim=16, seed=7, data_dir=None, now_ms=1_700_000_000_000)
+    assert a.events == b.events
+    assert np.array_equal(a.catalog.vectors(0, 300), b.catalog.vectors(0, 300))
+
+
+def test_catalog_vectors_are_unit_and_any_slice_matches_the_whole() -> None:
+    w = build_workload(1000, 10, 50, dim=16, seed=1, data_dir=None)
+    whole = w.catalog.vectors(0, 1000)
+    assert np.allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(w.catalog.vectors(123, 456), whole[123:456])
+
+
+def test_items_of_one_cluster_are_closer_than_items_of_different_clusters() -> None:
+    w = build_workload(2000, 10, 50, dim=64, seed=1, data_dir=None)
+    v = w.catalog.vectors(0, 2000)
+    clusters = w.catalog.clusters
+    sims = v @ v.T
+    same = clusters[:, None] == clusters[None, :]
+    np.fill_diagonal(same, False)
+    other = clusters[:, None] != clusters[None, :]
+    assert sims[same].mean() > 0.7
+    assert abs(sims[other].mean()) < 0.1
+
+
+def test_amazon_sessions_are_read_from_both_file_layouts(tmp_path: Path) -> None:
+    (tmp_path / "task2_sessions_dev.csv").write_text("locale,prev_items,next_item\nES,A1 A2,A3\n")
+    (tmp_path / "sessions_6locales_part1.csv").write_text("prev_items,locale\nB1 B2 B1,JP\n")
+    sessions = load_amazon_sessions(tmp_path)
+    assert [(s.items, s.lang) for s in sessions] == [(("A1", "A2", "A3"), "es"), (("B1", "B2", "B1"), "ja")]
+
+
+def test_replayed_sessions_keep_their_product_ids_and_fill_the_catalog(tmp_path: Path) -> None:
+    lines = ["prev_items,locale"] + [f"P{i} P{i + 1} P{i + 2},DE" for i in range(0, 60, 3)]
+    (tmp_path / "sessions_6locales_part1.csv").write_text("\n".join(lines) + "\n")
+    w = build_workload(100, 10, 40, dim=16, data_dir=tmp_path)
+    assert w.source.startswith("amazon-m2")
+    assert len(w.catalog) == 100
+    assert all(re.fullmatch(r"P\d+", e["item_id"]) for e in w.events)
+    products = [i for i in w.catalog.ids if i.startswith("P")]
+    assert {e["item_id"] for e in w.events} <= set(products)
+    assert len(products) + sum(1 for i in w.catalog.ids if i.startswith("F")) == 100  # the rest are fillers
+    assert {w.catalog.langs[w.catalog.ids.index(p)] for p in products} == {"de"}
+
+
+def test_sessions_that_do_not_fit_the_catalog_are_left_out(tmp_path: Path) -> None:
+    lines = ["prev_items,locale"] + [f"Q{i} Q{i + 1},FR" for i in range(0, 40, 2)]
+    (tmp_path / "sessions_6locales_part1.csv").write_text("\n".join(lines) + "\n")
+    w = build_workload(7, 3, 30, dim=16, data_dir=tmp_path)
+    clicked = {e["item_id"] for e in w.events}
+    assert clicked <= set(w.catalog.ids)
+    assert len(clicked) <= 7
+    assert len(w.events) == 30  # the three sessions that fit are replayed again under other users
+
+
+@pytest.mark.skipif(not AMAZON.is_dir(), reason="../shared/data/amazon-m2 is not here")
+def test_the_real_amazon_sessions_replay_as_users() -> None:
+    w = build_workload(5000, 300, 1000, dim=16, data_dir=AMAZON)
+    assert w.source.startswith("amazon-m2")
+    assert len(w.events) == 1000
+    assert all(e["item_id"] in set(w.catalog.ids) for e in w.events)
+    assert any(re.fullmatch(r"B[0-9A-Z]{9}", e["item_id"]) for e in w.events)
+
+
+# --- figures from output records -----------------------------------------------------------------
+
+
+def _list(user: str, trigger: str, ts_ms: int) -> OutRecord:
+    return OutRecord(user.encode(), orjson.dumps({"user_id": user, "trigger_event_id": trigger}), ts_ms)
+
+
+def test_a_list_answers_every_earlier_event_of_its_user() -> None:
+    events = [
+        {"event_id": "a1", "user_id": "A"},
+        {"event_id": "b1", "user_id": "B"},
+        {"event_id": "a2", "user_id": "A"},
+        {"event_id": "a3", "user_id": "A"},
+    ]
+    records = [_list("A", "a2", 1_000), _list("B", "b1", 1_500), _list("A", "a3", 3_000)]
+    cov = coverage(events, records)
+    assert cov.covered == 4
+    assert cov.lists == 3
+    assert cov.answered_at == {"a1": 1.0, "a2": 1.0, "b1": 1.5, "a3": 3.0}
+    assert cov.events_per_s == pytest.approx(4 / 2.0)
+
+
+def test_lists_of_other_runs_and_tombstones_are_not_counted() -> None:
+    events = [{"event_id": "x1", "user_id": "X"}]
+    records = [OutRecord(b"X", None, 5), _list("X", "old-run", 10), _list("X", "x1", 20)]
+    cov = coverage(events, records)
+    assert (cov.covered, cov.lists, cov.answered_at) == (1, 1, {"x1": 0.02})
+
+
+def test_percentiles_of_nothing_are_not_numbers() -> None:
+    assert all(np.isnan(v) for v in percentiles([]).values())
+    assert percentiles([1.0, 2.0, 3.0])["p50"] == 2.0
+
+
+def test_metric_sums_pick_samples_by_label() -> None:
+    metrics = {
+        'xrec_events_total{type="click",outcome="processed"}': 5.0,
+        'xrec_events_total{type="view",outcome="dlq"}': 2.0,
+        "xrec_events_created 1.0": 9.0,
+    }
+    assert metric_sum(metrics, "xrec_events_total") == 7.0
+    assert metric_sum(metrics, "xrec_events_total", outcome="dlq") == 2.0
+
+
+def test_synthetic_profiles_are_real_profile_bytes() -> None:
+    w = build_workload(300, 5, 10, dim=16, data_dir=None)
+    out = list(synthetic_profiles(w.catalog, 25, seed=0))
+    assert [u for u, _ in out] == [f"U{i}" for i in range(25)]
+    for _, raw in out:
+        p = UserProfile.from_bytes(raw)
+        assert p.dim == 16 and 1 <= len(p.weights) <= 4 and len(p.seen) <= 20
+
+
+# --- the naive baseline --------------------------------------------------------------------------
+
+
+def test_profiles_survive_the_naive_json_form() -> None:
+    p = UserProfile(dim=8)
+    params = ProfileParams()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        v = rng.standard_normal(8).astype(np.float32)
+        p.remember_event(f"e{i}", 64)
+        p.observe(v / np.linalg.norm(v), 1.0 if i % 4 else -1.0, 1_700_000_000_000 + i, f"i{i}", "de", params)
+    raw = profile_to_json(p)
+    assert isinstance(orjson.loads(raw)["centroids"][0][0], float)  # floats, not bytes
+    assert profile_from_json(raw).to_bytes() == p.to_bytes()
+
+
+@dataclass
+class Clock:
+    now: float = 1_700_000_100_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_naive_engine_builds_the_same_lists_as_the_batch_engine_one_event_at_a_time(
+    tmp_path: Path,
+) -> None:
+    dim = 16
+    w = build_workload(200, 6, 40, dim=dim, seed=5, data_dir=None, now_ms=1_700_000_000_000)
+    vecs = w.catalog.vectors(0, len(w.catalog))
+    points = [
+        ItemPoint(i, vecs[n], {"item_id": i, "lang": w.catalog.langs[n], "available": True, "ts": 0})
+        for n, i in enumerate(w.catalog.ids)
+    ]
+    settings = Settings(store_backend="edge")
+    clock = Clock()
+    stores = []
+    for name in ("batch", "naive"):
+        s = open_store(settings.replace(store_path=str(tmp_path / name)), dim=dim)
+        await s.ensure_collection(dim)
+        await s.upsert(points)
+        stores.append(s)
+    batch = Recommender(settings, stores[0], None, dim=dim, clock_ms=clock)
+    naive = NaiveEngine(settings, stores[1], dim, clock_ms=clock)
+    table: dict[bytes, bytes] = {}
+    try:
+        for e in w.events:
+            event = Interaction(e["event_id"], e["user_id"], e["item_id"], "click", e["ts"])
+            clock.now += 1000
+            expected = (await batch.handle_events([event], table)).lists
+            got = await naive.process(event)
+            assert got is not None and len(expected) == 1
+            assert [(i.item_id, i.because) for i in got.items] == [(i.item_id, i.because) for i in expected[0].items]
+            assert [i.score for i in got.items] == pytest.approx([i.score for i in expected[0].items], abs=1e-5)
+        assert naive.counts.processed == len(w.events)
+        assert await naive.process(event) is None  # a redelivery is absorbed, as in the worker
+        assert naive.counts.duplicates == 1
+    finally:
+        for s in stores:
+            await s.close()
