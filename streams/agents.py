@@ -8,8 +8,11 @@ does one encoder pass, one store fetch and one batched store query per batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -18,6 +21,7 @@ from faust.streams import Stream
 from faust.types import StreamT, TableT
 
 from streams.runtime import Runtime
+from streams.tables import InFlight, ProfileTable
 from xrec.events import ForgetUser, Interaction, RecordError, parse_control, parse_event
 from xrec.pipeline import EventBatchResult
 
@@ -59,6 +63,15 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
         if runtime.started and runtime.recommender.waiting:
             await handler.handle([])
 
+    @app.task
+    async def give_up_held_when_leaving() -> None:
+        """Partitions about to move, or the worker stopping: Faust waits until every message read is
+        acked, so the held ones are given up (read again from the committed offset by their next owner)."""
+        while True:
+            await asyncio.sleep(0.2)
+            if handler.held and (app.rebalancing or app.should_stop):
+                await handler.give_up_held()
+
 
 class EventBatchHandler:
     """Parses one batch, routes each record, calls the engine and publishes what it returns."""
@@ -70,6 +83,15 @@ class EventBatchHandler:
         self.recommendations = recommendations
         self.dlq = dlq
         self.metrics = runtime.metrics
+        # Per partition, the messages from the first event still waiting for its item onwards, in
+        # offset order, each holding one extra reference: they are acked in order once that event is
+        # applied or dead-lettered, so the committed offset never passes a waiting event and a crash
+        # redelivers it (the events after it come again too; the event_id dedup absorbs them). Holding
+        # only the waiting message is not enough: Faust's commit skips one unacked offset at the head
+        # of a partition (faust-streaming issue #606).
+        self.held: dict[Any, deque[tuple[Any, Interaction | None]]] = {}
+        self.given_up: dict[Any, int] = {}  # partition -> consumer generation whose later messages are not committed
+        self.in_flight = InFlight()  # lists, DLQ records and re-keyed events sent, until Kafka has them
 
     async def handle(self, batch: Sequence[faust.EventT]) -> None:
         rt = self.runtime
@@ -88,7 +110,7 @@ class EventBatchHandler:
                     continue
                 if message.topic == rt.topics.events and message.key != interaction.user_id.encode():
                     # Keyed otherwise (or not at all): re-key so this user's state stays on one partition.
-                    await self.by_user.send(key=interaction.user_id.encode(), value=message.value)
+                    self.in_flight.add(await self.by_user.send(key=interaction.user_id.encode(), value=message.value))
                     continue
                 interactions.append(interaction)
                 sources.append(message)
@@ -115,8 +137,80 @@ class EventBatchHandler:
                         event_type=interaction.type,
                         exception=exception,
                     )
+                await self._delivered()
+                self._release_settled()
                 return
+            self._hold(batch, {id(m): i for m, i in zip(sources, interactions, strict=True)})
         await self._publish(result)
+        await self._delivered()
+        self._release_settled()
+
+    async def _delivered(self) -> None:
+        """Wait until what was sent for this batch is in Kafka, before its records are acked.
+
+        Faust commits acked offsets after a producer flush that can return while a record is still
+        being handed to the client; waiting here keeps a commit from covering an unwritten profile
+        change, list, DLQ record or re-keyed event. If Kafka refuses them for good, the worker exits
+        at once, committing nothing more: its records are read again after the restart.
+        """
+        try:
+            await self.in_flight.delivered()
+            if isinstance(self.profiles, ProfileTable):
+                await self.profiles.changelog_in_flight.delivered()
+        except Exception:
+            log.critical("records of an event batch could not be written to Kafka; exiting without committing it")
+            logging.shutdown()
+            os._exit(70)
+
+    def _hold(self, batch: Sequence[faust.EventT], interaction_of: dict[int, Interaction]) -> None:
+        """Take an extra reference on each message of the batch that waits, or comes after one that waits."""
+        waiting = {id(w.event) for w in self.runtime.recommender.waiting}
+        dropped: set[int] = set()
+        for event in batch:
+            message = event.message
+            interaction = interaction_of.get(id(message))
+            is_waiting = interaction is not None and id(interaction) in waiting
+            if message.tp in self.given_up and self.given_up[message.tp] == message.generation_id:
+                message.acked = True  # read after a given-up one: done here, its offset is not committed
+                if is_waiting:
+                    dropped.add(id(interaction))
+            elif is_waiting or message.tp in self.held:
+                message.incref()
+                self.held.setdefault(message.tp, deque()).append((message, interaction if is_waiting else None))
+        if dropped:
+            engine = self.runtime.recommender
+            engine.waiting = [w for w in engine.waiting if id(w.event) not in dropped]
+
+    async def give_up_held(self) -> None:
+        """Let go of held messages without committing them, and of the events that wait among them."""
+        async with self.runtime.engine_lock:
+            generation = self.profiles.app.consumer_generation_id
+            count = 0
+            for tp, queue in self.held.items():
+                for message, _ in queue:
+                    message.acked = True  # Faust stops waiting for it; no offset is committed for it
+                    count += 1
+                self.given_up[tp] = generation
+            self.held.clear()
+            events = len(self.runtime.recommender.waiting)
+            self.runtime.recommender.waiting = []
+        log.info(
+            "gave up %d events waiting for their item (%d messages held): partitions move or the worker stops; "
+            "they are read again from the committed offset",
+            events,
+            count,
+        )
+
+    def _release_settled(self) -> None:
+        """Ack held messages in offset order, up to the first event of each partition that still waits."""
+        waiting = {id(w.event) for w in self.runtime.recommender.waiting}
+        consumer = self.profiles.app.consumer
+        for tp, queue in list(self.held.items()):
+            while queue and (queue[0][1] is None or id(queue[0][1]) not in waiting):
+                message, _ = queue.popleft()
+                message.ack(consumer)
+            if not queue:
+                del self.held[tp]
 
     async def _publish(self, result: EventBatchResult) -> None:
         m = self.metrics
@@ -129,7 +223,7 @@ class EventBatchHandler:
             m.event(event.type, "dlq")
             m.dlq(rejected.error.reason, self.runtime.topics.events)
             value = _interaction_json(event)
-            await self.dlq.send(
+            sent = await self.dlq.send(
                 key=event.user_id.encode(),
                 value=self.runtime.dlq_value(
                     message=_Synthetic(self.runtime.topics.events, event.user_id.encode(), value),
@@ -137,10 +231,11 @@ class EventBatchHandler:
                     error=rejected.error.message,
                 ),
             )
+            self.in_flight.add(sent)
         trigger_ts = {e.event_id: e.ts for e in result.processed}
         with m.time_stage("publish"):
             for lst in result.lists:
-                await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json())
+                self.in_flight.add(await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json()))
                 self.runtime.latest.put(lst.user_id, lst)
                 m.list_published(len(lst.items), trigger_ts.get(lst.trigger_event_id or ""), time.time() * 1000)
         m.set_profiles(len(self.profiles))
@@ -156,10 +251,11 @@ class EventBatchHandler:
             async with rt.engine_lock:
                 dropped = [w.event for w in rt.recommender.waiting if w.event.user_id == command.user_id]
                 existed = rt.recommender.forget(command.user_id, self.profiles)
+                self._release_settled()
             for interaction in dropped:  # read, never applied: counted once, as erased with the user
                 self.metrics.event(interaction.type, "forgotten")
             rt.latest.put(command.user_id, None)
-            await self.recommendations.send(key=command.user_id.encode(), value=None)  # tombstone
+            self.in_flight.add(await self.recommendations.send(key=command.user_id.encode(), value=None))  # tombstone
             log.info("forgot user %s (profile existed: %s)", command.user_id, existed)
 
     async def _dead_letter(
@@ -168,10 +264,11 @@ class EventBatchHandler:
         self.metrics.dlq(reason, message.topic)
         if message.topic != self.runtime.topics.control:
             self.metrics.event(event_type, "dlq")
-        await self.dlq.send(
+        sent = await self.dlq.send(
             key=message.key,
             value=self.runtime.dlq_value(message=message, reason=reason, error=error, exception=exception),
         )
+        self.in_flight.add(sent)
 
 
 class _Synthetic:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -18,6 +18,7 @@ from streams.agents import register_agents
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
+from streams.tables import ProfileTable
 from streams.topics import topic_specs
 from streams.views import register_views
 from xrec import __version__
@@ -36,6 +37,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         settings.app_id,
         **faust_app_kwargs(settings, bootstrap),
         store="memory://",
+        Table=ProfileTable,  # its changelog writes can be awaited before a batch is acked
         datadir=str(faust_datadir(settings)),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
@@ -48,6 +50,8 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         producer_linger_ms=5,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,  # how soon a killed worker's partitions move
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         stream_buffer_maxsize=max(4096, settings.batch_size * 4),
         table_cleanup_interval=300.0,
         version=1,
@@ -88,6 +92,24 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close_lag_probe(sender: Any, **kwargs: Any) -> None:
         await lag_reporter.probe.close()
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def _rewind_uncommitted_partitions(sender: Any, **kwargs: Any) -> None:
+        """After recovery Faust seeks each stream partition to its committed offset, but leaves one with
+        none (or 0) where reading the changelogs moved it, and the records fetched meanwhile were
+        dropped: such a partition starts again at its earliest offset, as auto_offset_reset says."""
+        consumer = app.consumer
+        owned = [
+            tp for tp in consumer.assignment() if tp.topic in (topics.events, topics.events_by_user, topics.control)
+        ]
+        if not owned:
+            return
+        committed = await cast(Any, consumer).seek_to_committed()  # not in ConsumerT; what perform_seek calls
+        fresh = [tp for tp in owned if not committed.get(tp)]
+        if fresh:
+            earliest = await consumer.earliest_offsets(*fresh)
+            for tp in fresh:
+                await consumer.seek(tp, earliest[tp])
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def _forget_lag(sender: Any, revoked: set, **kwargs: Any) -> None:
