@@ -32,6 +32,9 @@ PROFILE_TABLE = "profiles"
 
 def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     settings = runtime.settings
+    # Logged here: Faust's on_before_configured fires when the table below first reads app.conf, before
+    # a handler connected after it could hear it.
+    log.info("xrec %s worker settings: %s", __version__, settings.redacted())
     faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
@@ -69,10 +72,6 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     )
     register_agents(app, runtime, profiles)
     register_views(app, runtime, profiles)
-
-    @app.on_before_configured.connect  # type: ignore[misc]
-    def _log_settings(sender: Any, **kwargs: Any) -> None:
-        log.info("xrec %s worker settings: %s", __version__, runtime.settings.redacted())
 
     @app.task
     async def index_items() -> None:
