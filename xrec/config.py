@@ -126,7 +126,9 @@ class Settings:
     interest_threshold: float = _setting(
         0.75, "Cosine above which an event joins an existing interest instead of starting one."
     )
-    half_life_hours: float = _setting(72.0, "Half-life of interest weights, in event time.")
+    half_life_hours: float = _setting(
+        336.0, "Half-life of interest weights, in event time (two weeks: chosen on MIND, see EVALUATION.md)."
+    )
     seen_max: int = _setting(500, "Recently seen items remembered per user (never recommended again).")
     event_weights: str = _setting(
         DEFAULT_EVENT_WEIGHTS, "Weight of each event type; negative types push interests away."
@@ -148,8 +150,14 @@ class Settings:
     negative_weight: float = _setting(0.5, "Weight of similarity to the user's dislikes.")
     freshness_weight: float = _setting(0.0, "Score bonus for recent items.")
     freshness_half_life_hours: float = _setting(48.0, "Half-life of the freshness bonus.")
-    trending_weight: float = _setting(0.0, "Score bonus for items clicked a lot recently.")
+    trending_weight: float = _setting(
+        0.05, "Score bonus for items clicked a lot recently (decayed clicks relative to the most clicked item)."
+    )
     mmr_lambda: float = _setting(0.8, "MMR trade-off: 1 is pure relevance, lower adds diversity.")
+    catalog_debias: float = _setting(
+        1.0,
+        "Share of the catalog's mean item vector taken out of each interest before it is matched (0: raw cosine).",
+    )
     coalesce_ms: float = _setting(0.0, "Extra wait to coalesce a burst of one user's events into one list.")
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ from xrec.events import (
 )
 from xrec.metrics import XrecMetrics
 from xrec.profile import ProfileParams, UserProfile, event_weight, review_vector
-from xrec.ranking import Candidates, Popularity, RankParams, candidate_queries, rank
+from xrec.ranking import Candidates, CatalogCentre, Popularity, RankParams, candidate_queries, rank
 from xrec.store.base import Hit, ItemPoint, VectorQuery, VectorStore
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class Recommender:
         self.weights = settings.weights
         self.cache = ItemCache(settings.item_cache_size)
         self.popularity = Popularity()
+        self.centre = CatalogCentre(self.dim)  # mean of the item vectors seen: ranking de-biases interests by it
         self.waiting: list[_Waiting] = []
         self.dedup_window = max(16, settings.dedup_window)
 
@@ -173,6 +174,7 @@ class Recommender:
         if points:
             with self._store_op("upsert"):
                 await self.store.upsert(points)
+            self.centre.add(np.asarray([p.vector for p in points], np.float32))
             for p in points:
                 self.cache.put(p.item_id, ItemMeta(np.asarray(p.vector, np.float32), str(p.payload.get("lang", "und"))))
                 if not p.payload.get("available", True):
@@ -240,11 +242,12 @@ class Recommender:
     ) -> list[RecommendationList]:
         """Lists for many users: one batched store query for all their interests."""
         now = self.clock_ms()
+        centre = self.centre.vector
         warm = [u for u, p in users.items() if p.has_interests]
         queries: list[VectorQuery] = []
         spans: list[tuple[str, int, int]] = []
         for user_id in warm:
-            qs = candidate_queries(users[user_id], self.rank_params)
+            qs = candidate_queries(users[user_id], self.rank_params, centre)
             spans.append((user_id, len(queries), len(queries) + len(qs)))
             queries += qs
         hits: list[list[Hit]] = []
@@ -263,7 +266,7 @@ class Recommender:
                 flat = [h for per_query in hits[start:end] for h in per_query]
                 cands = Candidates.from_hits(flat, self.dim, vectors)
                 trend = self.popularity.trend(cands.ids) if self.rank_params.trending_weight else None
-                items = rank(profile, cands, self.rank_params, self.profile_params, int(now), trend)
+                items = rank(profile, cands, self.rank_params, self.profile_params, int(now), trend, centre)
                 lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))
             for user_id, profile in users.items():
                 if not profile.has_interests:
@@ -284,6 +287,7 @@ class Recommender:
         now_ms = int(self.clock_ms())
         ts = min(event.ts, now_ms + 60_000)  # a producer clock far ahead must not freeze decay
         disliked = event.type == "dislike" or (event.type == "review" and weight < 0)
+        self.centre.add(meta.vector)  # every worker sees events, not every one indexes items
         profile.observe(vector, weight, ts, event.item_id, meta.lang, self.profile_params, dislike=disliked)
         if weight > 0:
             self.popularity.add(event.item_id, meta.lang, ts, weight)

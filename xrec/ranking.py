@@ -11,6 +11,13 @@ weight of the mean). The log r/τ term prices a match by its interest's importan
 a long-faded interest scores as high as one of the current interest; with it each halving of importance
 costs ln 2/τ of cosine (centred on the user's mean so scores stay near cosines for any τ). MMR then trades
 relevance for diversity with λ. Everything is numpy over the whole candidate matrix at once.
+
+De-biasing. Sentence encoders put every text in a narrow cone: with multilingual-e5-small the mean of
+unit news vectors has norm 0.91 and unrelated news meet at cosine 0.84, so a raw cosine to an interest
+mostly says how typical an item is. Given the catalog's mean item vector μ (``CatalogCentre``), each
+interest (and the dislike direction) becomes the unit vector of c − δ·μ before it queries the store or
+scores: what is specific to the user, not what all items share. On MIND (EVALUATION.md) this lifts AUC
+by about 0.06 over the raw mean-of-history user. Item vectors in the store stay as encoded.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class RankParams:
     freshness_half_life_hours: float = 48.0
     trending_weight: float = 0.0
     mmr_lambda: float = 0.8
+    debias: float = 1.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> RankParams:
@@ -53,6 +61,7 @@ class RankParams:
             freshness_half_life_hours=s.freshness_half_life_hours,
             trending_weight=s.trending_weight,
             mmr_lambda=s.mmr_lambda,
+            debias=s.catalog_debias,
         )
 
 
@@ -97,14 +106,52 @@ class Candidates:
         return len(self.ids)
 
 
-def candidate_queries(profile: UserProfile, params: RankParams) -> list[VectorQuery]:
-    """One store query per interest, all with the user's exclusions and language filter."""
+class CatalogCentre:
+    """Running mean of the catalog's item vectors: the direction all items share (module docstring).
+
+    Fed every item vector the engine indexes or fetches (a re-sent item counts again, which a mean
+    shrugs off). It answers only from ``min_items`` on: with fewer the estimate is noise (on MIND
+    100 items put it within 4% of the full catalog's mean; 10 items, 14%).
+    """
+
+    def __init__(self, dim: int, min_items: int = 100) -> None:
+        self.total = np.zeros(dim, np.float64)
+        self.count = 0
+        self.min_items = min_items
+
+    def add(self, vectors: np.ndarray) -> None:
+        rows = np.asarray(vectors, np.float64).reshape(-1, len(self.total))
+        self.total += rows.sum(axis=0)
+        self.count += len(rows)
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        """The mean item vector (float32), or None until ``min_items`` items were seen."""
+        if self.count < self.min_items:
+            return None
+        return (self.total / self.count).astype(np.float32)
+
+
+def debiased(directions: np.ndarray, centre: np.ndarray | None, strength: float) -> np.ndarray:
+    """Unit rows of ``directions − strength·centre``; a row the centre would cancel stays as it was."""
+    if centre is None or not strength or not len(directions):
+        return directions
+    moved = directions - strength * centre[None, :]
+    norms = np.linalg.norm(moved, axis=1, keepdims=True)
+    ok = norms[:, 0] > 1e-6
+    out = directions.astype(np.float32, copy=True)
+    out[ok] = moved[ok] / norms[ok]
+    return out
+
+
+def candidate_queries(profile: UserProfile, params: RankParams, centre: np.ndarray | None = None) -> list[VectorQuery]:
+    """One store query per (de-biased) interest, all with the user's exclusions and language filter."""
     langs = tuple(profile.language_affinity()) if params.language_policy == "only" else None
     item_filter = ItemFilter(langs=langs or None, available_only=True)
     excluded = profile.excluded_ids()  # applied by the store, so every query still fills its limit
     return [
         VectorQuery(vector=c, limit=params.candidates_per_interest, filter=item_filter, exclude_ids=excluded)
-        for c in profile.centroids
+        for c in debiased(profile.centroids, centre, params.debias)
     ]
 
 
@@ -115,11 +162,15 @@ def score_candidates(
     profile_params: ProfileParams,
     now_ms: int,
     trend: Mapping[str, float] | None = None,
+    centre: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Relevance of every candidate, and the index of the interest each one answers (for ``because``)."""
+    """Relevance of every candidate, and the index of the interest each one answers (for ``because``).
+
+    ``centre`` is the catalog's mean item vector (``CatalogCentre.vector``); None scores raw cosines.
+    """
     if not len(cands):
         return np.zeros(0), np.zeros(0, np.int64)
-    sims = cands.vectors @ profile.centroids.T  # (n, k)
+    sims = cands.vectors @ debiased(profile.centroids, centre, params.debias).T  # (n, k)
     importance = profile.importance(now_ms, profile_params)
     rel = importance / max(float(importance.max()), 1e-12)
     log_rel = np.log(np.maximum(rel, 1e-12))
@@ -129,10 +180,11 @@ def score_candidates(
     attention /= attention.sum(axis=1, keepdims=True)
     score = (attention * sims).sum(axis=1)
     if params.interest_temperature > 0:  # faded interests price their matches down (module docstring)
-        centre = (rel / max(float(rel.sum()), 1e-12)) @ log_rel
-        score += attention @ (log_rel - centre) / params.interest_temperature
+        mean_log_rel = (rel / max(float(rel.sum()), 1e-12)) @ log_rel
+        score += attention @ (log_rel - mean_log_rel) / params.interest_temperature
     neg_dir, neg_strength = profile.negative_direction()
     if neg_dir is not None and params.negative_weight:
+        neg_dir = debiased(neg_dir[None, :], centre, params.debias)[0]
         score -= params.negative_weight * neg_strength * (cands.vectors @ neg_dir)
     if params.language_weight and params.language_policy != "any":
         affinity = profile.language_affinity()
@@ -173,8 +225,13 @@ def rank(
     profile_params: ProfileParams,
     now_ms: int,
     trend: Mapping[str, float] | None = None,
+    centre: np.ndarray | None = None,
 ) -> list[RecommendedItem]:
-    """The published list: scored, diversified, each item explained by the user's item behind it."""
+    """The published list: scored, diversified, each item explained by the user's item behind it.
+
+    With a ``centre``, MMR also compares items by their de-biased vectors: raw cosines between items
+    are all high, so without it redundancy would barely tell a near-duplicate from an unrelated item.
+    """
     excluded = set(profile.seen) | set(profile.disliked)
     keep = [i for i, item_id in enumerate(cands.ids) if item_id not in excluded]
     if len(keep) != len(cands):
@@ -184,8 +241,8 @@ def rank(
             langs=[cands.langs[i] for i in keep],
             ts=cands.ts[keep],
         )
-    score, interest_of = score_candidates(profile, cands, params, profile_params, now_ms, trend)
-    picks = mmr_select(cands.vectors, score, params.list_length, params.mmr_lambda)
+    score, interest_of = score_candidates(profile, cands, params, profile_params, now_ms, trend, centre)
+    picks = mmr_select(debiased(cands.vectors, centre, params.debias), score, params.list_length, params.mmr_lambda)
     return [
         RecommendedItem(
             item_id=cands.ids[i],
