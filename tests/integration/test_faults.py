@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,8 +377,13 @@ def store_count(path: Path) -> tuple[int, int]:
     return asyncio.run(look())
 
 
-def assert_no_loss(result: Comparison, what: str) -> None:
-    print(f"\n[{what}] {result.figures()}")
+def assert_no_loss(result: Comparison, what: str, env: WorkerEnv) -> None:
+    """Nothing lost, nothing applied twice, and no good event dead-lettered (a failed batch would be)."""
+    dead = [orjson.loads(m.value) for m in env.consume(env.topics["dlq"], lambda ms: False, timeout_s=3)]
+    print(f"\n[{what}] {result.figures(dead_lettered=len(dead))}")
+    assert not dead, (
+        f"good events were dead-lettered: {Counter(d['error_class'] for d in dead)}: {dead[0]['error'][:300]}"
+    )
     assert result.lost == 0, result.mismatched[:5]
     assert result.applied_twice == 0, result.mismatched[:5]
     assert not result.mismatched, result.mismatched[:5]
@@ -438,7 +444,7 @@ def test_a_worker_killed_mid_stream_restarts_with_every_event_applied_exactly_on
         f"restarted worker ready {ready_after:.1f}s after the kill (session timeout {SESSION_TIMEOUT_S}s), "
         f"producer re-sends after a send error={producer.retried}"
     )
-    assert_no_loss(result, "kill -9")
+    assert_no_loss(result, "kill -9", env)
     assert duplicates >= len(redelivered)
 
     assert second.stop() == 0, second.log_tail()
@@ -492,7 +498,7 @@ def test_the_worker_resumes_by_itself_after_the_broker_restarts_and_loses_nothin
             f"duplicates absorbed={duplicates:.0f}, worker restarted=no (pid {worker.proc.pid} still running)"
         )
         assert worker.proc.poll() is None, worker.log_tail()
-        assert_no_loss(result, "broker restart")
+        assert_no_loss(result, "broker restart", env)
         # and it still answers: a fresh event after the restart publishes a list
         fresh = {"event_id": "after-restart", "user_id": "U0", "item_id": "I3", "type": "click", "ts": _now()}
         env.produce_json(env.topics["events"], "user_id", [fresh])
@@ -605,7 +611,7 @@ def test_a_killed_workers_partitions_move_to_the_survivor_which_restores_profile
     )
     assert moved_users, "no user lived on the killed worker's partition"
     assert answered == set(last)
-    assert_no_loss(result, "lost worker")
+    assert_no_loss(result, "lost worker", env)
     # a has restored b's users from the changelog: each of their profiles continued from the first half
     assert all(stored[u].events == expected[u].events for u in moved_users)
 
@@ -696,7 +702,7 @@ def test_an_event_waiting_for_its_item_survives_a_rebalance_when_a_second_worker
         f"\n[waiting events + rebalance] {result.figures()}, DLQ records={len(dlq)}, duplicates absorbed="
         f"{metric_sum(a, 'xrec_events_total', outcome='duplicate') + metric_sum(b, 'xrec_events_total', outcome='duplicate'):.0f}"
     )
-    assert_no_loss(result, "waiting events + rebalance")
+    assert_no_loss(result, "waiting events + rebalance", env)
     assert dlq == []
 
 
@@ -712,4 +718,4 @@ def test_events_produced_before_the_first_worker_starts_are_all_processed(worker
     stored = wait_reflected(env.bootstrap, env, expected, timeout_s=60, workers=(worker,))
     result = compare(stored, expected, len(events))
     print(f"\n[backlog before first start] {result.figures()}")
-    assert_no_loss(result, "backlog before first start")
+    assert_no_loss(result, "backlog before first start", env)
