@@ -500,7 +500,8 @@ class Bench:
 
     def wait_for_events(self, child: Child, target: int, startup: bool = False) -> dict[str, float]:
         """Poll the worker's metrics until it has handled ``target`` events (processed, duplicate or DLQ)."""
-        deadline = time.monotonic() + (WORKER_START_TIMEOUT_S if startup else STALL_TIMEOUT_S)
+        restore_s = self.args.held_profiles / 500.0  # a worker restores its changelog (~1k profiles/s here) first
+        deadline = time.monotonic() + (WORKER_START_TIMEOUT_S + restore_s if startup else STALL_TIMEOUT_S)
         last = -1.0
         while True:
             if not child.alive():
@@ -508,7 +509,7 @@ class Bench:
             metrics = child.metrics()
             done = metric_sum(metrics, "xrec_events_total") if metrics else 0.0
             if metrics and done >= target:
-                return metrics
+                return self._settled(child, metrics)
             if done > last:
                 last = done
                 deadline = max(deadline, time.monotonic() + STALL_TIMEOUT_S)
@@ -516,6 +517,18 @@ class Bench:
                 log.warning("%s handled %d of %d events and stopped making progress", child.name, done, target)
                 return metrics or {}
             time.sleep(METRICS_POLL_S)
+
+    def _settled(self, child: Child, metrics: dict[str, float]) -> dict[str, float]:
+        """Events are counted before their lists are sent: wait until the published count stops moving."""
+        published = metric_sum(metrics, "xrec_lists_published_total")
+        for _ in range(30):
+            time.sleep(METRICS_POLL_S)
+            now = child.metrics() or metrics
+            if metric_sum(now, "xrec_lists_published_total") == published:
+                time.sleep(1.0)  # the producer's linger and buffer
+                return now
+            metrics, published = now, metric_sum(now, "xrec_lists_published_total")
+        return metrics
 
     @contextmanager
     def py_spy(self, pid: int, seconds: float) -> Iterator[None]:
@@ -570,6 +583,7 @@ class Bench:
         run_async(produce(kw, settings.topic_events, _encoded(work.events)))
         preload_s = time.perf_counter() - t0
         log.info("preloaded %d events in %.1fs; starting the worker", len(work.events), preload_s)
+        started_at = time.time()
         worker = self.start_worker("xrec", env, with_encoder=False)
         try:
             budget = max(30.0, len(work.events) / 200.0)
@@ -587,6 +601,7 @@ class Bench:
                 "seconds": sat.last_list_s - sat.first_list_s,
                 "dlq": metric_sum(metrics, "xrec_events_total", outcome="dlq"),
                 "preload_s": preload_s,
+                "first_list_after_start_s": sat.first_list_s - started_at,
                 **cost(worker, sat),
                 "stages_s": {
                     stage: metric_sum(metrics, "xrec_stage_seconds_sum", stage=stage)
@@ -911,6 +926,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"{mem['profile_mb_per_100k']:.0f} MB per 100k (serialized); RSS grew {mem['rss_growth_mb']:.0f} MB "
         f"= {mem['rss_mb_per_100k_new_profiles']:.0f} MB per 100k new profiles",
     ]
+    if "held_profiles" in sat:
+        held = sat["held_profiles"]
+        lines.append(
+            f"held       {held['count']} profiles restored from the changelog ({held['bytes_mean']:.0f} B each); "
+            f"first list {sat['first_list_after_start_s']:.0f}s after the worker started, RSS then "
+            f"{sat['rss_mb_start']:.0f} MB"
+        )
     if "events_per_s" in naive:
         lines.append(
             f"naive      {naive['events_per_s']:.0f} events/s ({naive['covered']} events), "
