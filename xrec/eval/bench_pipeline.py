@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,7 @@ class ProcSampler(threading.Thread):
         super().__init__(daemon=True, name=f"sampler-{pid}")
         self.pid = pid
         self.samples: list[tuple[float, float, int]] = []  # (wall s, cpu s, rss bytes)
+        self.thread_samples: list[tuple[float, dict[str, float]]] = []  # (wall s, cpu s by thread name), every 1 s
         self._halt = threading.Event()
         self._tick = os.sysconf("SC_CLK_TCK")
         self._page = os.sysconf("SC_PAGE_SIZE")
@@ -122,12 +124,31 @@ class ProcSampler(threading.Thread):
         cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime (fields 14, 15 of stat)
         return cpu, int(statm.split()[1]) * self._page
 
+    def read_threads(self) -> dict[str, float]:
+        """CPU seconds by thread name (numbered pool threads summed: ``edge-search-3`` → ``edge-search``)."""
+        out: dict[str, float] = {}
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            key = re.sub(r"[-_]\d+$", "", name) or name
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / self._tick
+        return out
+
     def run(self) -> None:
+        n = 0
         while not self._halt.is_set():
             got = self.read()
             if got is None:
                 return
-            self.samples.append((time.time(), got[0], got[1]))
+            now = time.time()
+            self.samples.append((now, got[0], got[1]))
+            if n % 10 == 0:
+                self.thread_samples.append((now, self.read_threads()))
+            n += 1
             self._halt.wait(SAMPLE_EVERY_S)
 
     def stop(self) -> None:
@@ -139,6 +160,14 @@ class ProcSampler(threading.Thread):
 
     def rss_at(self, wall_s: float) -> int:
         return int(np.interp(wall_s, [s[0] for s in self.samples], [s[2] for s in self.samples]))
+
+    def threads_between(self, start_s: float, end_s: float) -> dict[str, float]:
+        """CPU seconds each thread (by name) used between two moments (1 s resolution)."""
+        before = [t for t in self.thread_samples if t[0] <= start_s]
+        after = [t for t in self.thread_samples if t[0] >= end_s]
+        first = before[-1][1] if before else (self.thread_samples[0][1] if self.thread_samples else {})
+        last = after[0][1] if after else (self.thread_samples[-1][1] if self.thread_samples else {})
+        return {name: last[name] - first.get(name, 0.0) for name in last if last[name] - first.get(name, 0.0) > 0}
 
 
 @dataclass
@@ -354,9 +383,14 @@ def cost(child: Child, cov: Coverage) -> dict[str, Any]:
         return {"cpu_s_per_1k_events": math.nan, "cpu_util": math.nan, "rss_mb_end": math.nan}
     cpu = s.cpu_at(cov.last_list_s) - s.cpu_at(cov.first_list_s)
     span = cov.last_list_s - cov.first_list_s
+    threads = s.threads_between(cov.first_list_s, cov.last_list_s)
+    total = sum(threads.values())
     return {
         "cpu_s_per_1k_events": 1000.0 * cpu / cov.covered,
         "cpu_util": cpu / span if span > 0 else math.nan,
+        "cpu_share_by_thread": {k: v / total for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}
+        if total
+        else {},
         "rss_mb_start": s.rss_at(cov.first_list_s) / 2**20,
         "rss_mb_end": s.rss_at(cov.last_list_s) / 2**20,
     }
@@ -373,6 +407,7 @@ class Bench:
     bootstrap: str = ""
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     broker: Any = None
+    profile: dict[str, Any] | None = None  # top costs from --py-spy FILE.txt
 
     @property
     def kafka_kwargs(self) -> dict[str, Any]:
@@ -571,6 +606,8 @@ class Bench:
                 log.warning("py-spy failed (%s): %s", proc.returncode, err.decode(errors="replace").strip()[-300:])
             else:
                 log.info("py-spy profile of the worker written to %s", out)
+                if fmt == "raw":
+                    self.profile = summarize_collapsed(out)
 
     # phases ----------------------------------------------------------------------------------------
     def saturation_and_latency(self, work: Workload) -> dict[str, Any]:
@@ -615,7 +652,10 @@ class Bench:
         finally:
             worker.stop()
             shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
-        return {"saturation": result, "latency": latency, "memory": memory}
+        out = {"saturation": result, "latency": latency, "memory": memory}
+        if self.profile is not None:
+            out["profile"] = self.profile
+        return out
 
     def latency(
         self, worker: Child, settings: Settings, work: Workload, saturation: float, handled: int
@@ -772,6 +812,50 @@ class Bench:
         finally:
             worker.stop()
             shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
+
+
+#: Frames of a thread that waits rather than works: left out of a profile's shares.
+IDLE_FRAMES = ("select (selectors.py", "wait (threading.py", "_find_and_load", "epoll")
+
+
+def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive shares of the busiest functions in a py-spy raw (collapsed-stack) profile.
+
+    Waiting and importing frames are left out, so shares are of the time the worker's Python threads
+    worked. Native threads without Python frames (Qdrant Edge's ``edge-search``) are not in it.
+    """
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    busy = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit() or any(f in stack for f in IDLE_FRAMES):
+            continue
+        n = int(count)
+        busy += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            within[f] = within.get(f, 0) + n
+    if not busy:
+        return {"busy_samples": 0, "self": [], "inclusive_xrec": []}
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        return [(f, n / busy) for f, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    entry = (
+        "<module>",
+        "<listcomp>",
+        "<setcomp>",
+        "<dictcomp>",
+        "(xrec/cli.py)",
+        "(xrec/commands/",
+        "(streams/worker.py)",
+    )
+    xrec_frames = {
+        f: n for f, n in within.items() if ("(xrec/" in f or "(streams/" in f) and not any(e in f for e in entry)
+    }
+    return {"busy_samples": busy, "self": ranked(own), "inclusive_xrec": ranked(xrec_frames)}
 
 
 def _encoded(events: list[dict[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
