@@ -13,7 +13,14 @@ import orjson
 import pytest
 
 from xrec.config import Settings
-from xrec.eval.bench_pipeline import OutRecord, coverage, metric_sum, percentiles, synthetic_profiles
+from xrec.eval.bench_pipeline import (
+    OutRecord,
+    coverage,
+    metric_sum,
+    percentiles,
+    summarize_collapsed,
+    synthetic_profiles,
+)
 from xrec.eval.naive import NaiveEngine, profile_from_json, profile_to_json
 from xrec.eval.sessions import AMAZON_DIR, build_workload, load_amazon_sessions
 from xrec.events import Interaction
@@ -153,6 +160,20 @@ def test_metric_sums_pick_samples_by_label() -> None:
     }
     assert metric_sum(metrics, "xrec_events_total") == 7.0
     assert metric_sum(metrics, "xrec_events_total", outcome="dlq") == 2.0
+
+
+def test_a_profile_summary_counts_work_and_leaves_waiting_out(tmp_path: Path) -> None:
+    raw = tmp_path / "worker.txt"
+    raw.write_text(
+        "main (xrec/cli.py:5);handle (streams/agents.py:9);rank (xrec/ranking.py:20) 6\n"
+        "main (xrec/cli.py:5);handle (streams/agents.py:9);_hit (xrec/store/edge.py:300) 2\n"
+        "main (xrec/cli.py:5);run_forever (asyncio/base_events.py:1);select (selectors.py:468) 90\n"
+    )
+    summary = summarize_collapsed(raw)
+    assert summary["busy_samples"] == 8
+    assert summary["self"] == [("rank (xrec/ranking.py)", 0.75), ("_hit (xrec/store/edge.py)", 0.25)]
+    assert ("handle (streams/agents.py)", 1.0) in summary["inclusive_xrec"]
+    assert all("cli.py" not in f for f, _ in summary["inclusive_xrec"])
 
 
 def test_synthetic_profiles_are_real_profile_bytes() -> None:
