@@ -178,6 +178,8 @@ class TextEncoder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.settings = settings or Settings.from_env()
+        self.device = choose_device(self.settings.device)  # first: a missing GPU fails before any download
+        self.dtype = choose_dtype(self.device)
         if model is None:
             name, path = self.settings.model, resolve_model(self.settings)
         elif Path(model).is_dir():
@@ -187,8 +189,6 @@ class TextEncoder:
         self.model_name = name
         self.model_path = path
         self.prefixes = prefixes if prefixes is not None else prefixes_for(name)
-        self.device = choose_device(self.settings.device)
-        self.dtype = choose_dtype(self.device)
         if self.device.type == "cpu":
             threads = _cpu_threads(self.settings)
             if torch.get_num_threads() != threads:

@@ -235,3 +235,15 @@ async def test_the_event_loop_keeps_running_while_a_large_batch_encodes(tiny_mod
     assert len(recorder.shapes) > 10  # a real, multi-pass workload
     assert set(recorder.threads) == {"xrec-encoder_0"}  # never the loop's thread
     assert ticks_during >= 5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_bench_encoder_on_cuda_says_plainly_that_no_gpu_is_present() -> None:
+    import argparse
+
+    from xrec.errors import CommandError
+    from xrec.eval import bench_encoder
+
+    args = argparse.Namespace(device="cuda", texts=10, baseline_texts=5, seed=0)
+    with pytest.raises(CommandError, match="no CUDA GPU is present"):
+        bench_encoder.run(args)
