@@ -79,3 +79,31 @@ async def test_encode_one_gives_the_same_vectors_as_encode_with_the_real_model(e
     together = encoder.encode(picked, kind="query")
     one_by_one = await asyncio.gather(*(encoder.encode_one(t, kind="query") for t in picked))
     np.testing.assert_allclose(np.stack(one_by_one), together, atol=1e-4)
+
+
+TATOEBA = Path("..") / "shared" / "data" / "tatoeba" / "tatoeba_6lang_eng.tsv"
+
+
+@pytest.mark.skipif(not TATOEBA.is_file(), reason=f"{TATOEBA} is not present (run from the repository root)")
+def test_eval_align_retrieves_real_tatoeba_translations_in_both_directions(encoder: TextEncoder) -> None:
+    import argparse
+
+    from xrec.eval import eval_align
+
+    result = eval_align.run(argparse.Namespace(file=str(TATOEBA), limit=40, kind="query"))
+    assert set(result["languages"]) == {"deu", "fra", "spa", "ita", "jpn", "cmn"}
+    assert all(row["pairs"] == 40 for row in result["languages"].values())
+    assert result["mean_accuracy_at_1"] >= 0.88  # among 40 candidates; chance is 0.025
+    table = eval_align.format_table(result)
+    assert all(f"\n{lang} " in table for lang in result["languages"])
+    assert f"{result['mean_accuracy_at_1']:.3f}" in table
+
+
+def test_eval_align_names_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    import argparse
+
+    from xrec.errors import CommandError
+    from xrec.eval import eval_align
+
+    with pytest.raises(CommandError, match="not found"):
+        eval_align.run(argparse.Namespace(file=str(tmp_path / "missing.tsv"), limit=0, kind="query"))
