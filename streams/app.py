@@ -110,7 +110,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
             for tp in fresh:
                 await consumer.seek(tp, earliest[tp])
 
-    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _forget_lag(sender: Any, revoked: set, **kwargs: Any) -> None:
         for tp in revoked:
             runtime.metrics.forget_partition(tp.topic, tp.partition)
