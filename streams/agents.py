@@ -94,15 +94,30 @@ class EventBatchHandler:
         self.in_flight = InFlight()  # lists, DLQ records and re-keyed events sent, until Kafka has them
 
     async def handle(self, batch: Sequence[faust.EventT]) -> None:
+        """Handle a batch in order: the events before a control record are applied before it runs.
+
+        So a ``forget_user`` erases everything the user did before it, even within one batch, and
+        the events after it start a new profile.
+        """
+        events: list[faust.EventT] = []
+        for event in batch:
+            if event.message.topic == self.runtime.topics.control:
+                if events:
+                    await self._handle_events(events)
+                    events = []
+                await self._control(event.message)
+            else:
+                events.append(event)
+        if events:
+            await self._handle_events(events)
+
+    async def _handle_events(self, batch: Sequence[faust.EventT]) -> None:
         rt = self.runtime
         interactions: list[Interaction] = []
         sources: list[Any] = []  # the message of each interaction, for the DLQ if the batch fails
         with self.metrics.time_stage("decode"):
             for event in batch:
                 message = event.message
-                if message.topic == rt.topics.control:
-                    await self._control(message)
-                    continue
                 try:
                     interaction = parse_event(message.value, rt.limits)
                 except RecordError as exc:
