@@ -144,13 +144,23 @@ def debiased(directions: np.ndarray, centre: np.ndarray | None, strength: float)
     return out
 
 
+#: The payload fields ranking reads of a candidate (``Candidates.from_hits``).
+CANDIDATE_PAYLOAD = ("lang", "ts")
+
+
 def candidate_queries(profile: UserProfile, params: RankParams, centre: np.ndarray | None = None) -> list[VectorQuery]:
     """One store query per (de-biased) interest, all with the user's exclusions and language filter."""
     langs = tuple(profile.language_affinity()) if params.language_policy == "only" else None
     item_filter = ItemFilter(langs=langs or None, available_only=True)
     excluded = profile.excluded_ids()  # applied by the store, so every query still fills its limit
     return [
-        VectorQuery(vector=c, limit=params.candidates_per_interest, filter=item_filter, exclude_ids=excluded)
+        VectorQuery(
+            vector=c,
+            limit=params.candidates_per_interest,
+            filter=item_filter,
+            exclude_ids=excluded,
+            payload_fields=CANDIDATE_PAYLOAD,
+        )
         for c in debiased(profile.centroids, centre, params.debias)
     ]
 

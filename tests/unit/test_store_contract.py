@@ -180,6 +180,17 @@ async def test_batched_queries_return_results_per_query_in_order(store: VectorSt
     assert [ids(r) for r in results] == [["z"], ["x"], [], ["x"], ["y"]]
 
 
+async def test_a_query_naming_payload_fields_gets_only_those_and_the_item_id(store: VectorStore) -> None:
+    payload = {"lang": "fr", "category": "film", "available": True, "ts": 7, "title": "un long titre"}
+    await store.upsert([ItemPoint("a", axis(0), payload)])
+    [[narrow], [whole]] = await store.query_batch(
+        [VectorQuery(axis(0), limit=1, payload_fields=("lang", "ts")), VectorQuery(axis(0), limit=1)]
+    )
+    assert narrow.item_id == "a"
+    assert narrow.payload == {"item_id": "a", "lang": "fr", "ts": 7}
+    assert whole.payload == {**payload, "item_id": "a"}
+
+
 async def test_query_returns_vectors_when_asked(store: VectorStore) -> None:
     await store.upsert([item("xy", np.array([3, 4, 0, 0, 0, 0, 0, 0], dtype=np.float32))])
     [[hit]] = await store.query_batch([VectorQuery(axis(0), limit=1)], with_vectors=True)

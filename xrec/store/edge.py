@@ -53,6 +53,7 @@ from xrec.store.points import (
     as_vector,
     excluded_point_ids,
     item_id_of,
+    payload_selection,
     prepare_upsert,
     runnable,
     vector_matrix,
@@ -324,7 +325,7 @@ def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) 
         limit=query.limit,
         query=qe.Query.Nearest(vector),
         filter=flt,
-        with_payload=True,
+        with_payload=payload_selection(query),
         with_vector=with_vectors,
     )
 

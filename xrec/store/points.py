@@ -62,6 +62,13 @@ def runnable(queries: Sequence[VectorQuery]) -> list[int]:
     return [i for i, q in enumerate(queries) if q.limit > 0 and can_match(q.filter)]
 
 
+def payload_selection(query: VectorQuery) -> bool | list[str]:
+    """What to ask the engine for: the whole payload, or the query's fields plus ``item_id``."""
+    if query.payload_fields is None:
+        return True
+    return [ITEM_ID_KEY, *(f for f in query.payload_fields if f != ITEM_ID_KEY)]
+
+
 def excluded_point_ids(query: VectorQuery) -> set[str]:
     return {point_id(item_id) for item_id in query.exclude_ids}
 

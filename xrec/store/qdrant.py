@@ -20,7 +20,15 @@ from qdrant_client import models as qm
 
 from xrec.config import Settings
 from xrec.store.base import INDEXED_PAYLOAD_FIELDS, Hit, ItemPoint, StoredItem, StoreError, VectorQuery, point_id
-from xrec.store.points import as_vector, excluded_point_ids, item_id_of, prepare_upsert, runnable, vector_matrix
+from xrec.store.points import (
+    as_vector,
+    excluded_point_ids,
+    item_id_of,
+    payload_selection,
+    prepare_upsert,
+    runnable,
+    vector_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +240,9 @@ def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) 
     excluded = sorted(excluded_point_ids(query))
     must_not: list[qm.Condition] = [qm.HasIdCondition(has_id=list(excluded))] if excluded else []
     flt = qm.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
-    return qm.QueryRequest(query=vector, limit=query.limit, filter=flt, with_payload=True, with_vector=with_vectors)
+    return qm.QueryRequest(
+        query=vector, limit=query.limit, filter=flt, with_payload=payload_selection(query), with_vector=with_vectors
+    )
 
 
 def _hit(sp: qm.ScoredPoint, with_vectors: bool) -> Hit:
