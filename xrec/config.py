@@ -82,7 +82,11 @@ class Settings:
     )
     device: str = _setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     max_tokens: int = _setting(256, "Texts are truncated to this many tokens before encoding.")
-    token_budget: int = _setting(8192, "Tokens (padded) per forward pass: bounds the encoder's memory.")
+    token_budget: int = _setting(
+        0,
+        "Tokens (padded) per forward pass, bounding the encoder's memory (0: 8192 on a GPU, 1024 on CPU, "
+        "where smaller passes stay in cache: `xrec bench encoder`).",
+    )
     microbatch_wait_ms: float = _setting(2.0, "How long the micro-batcher waits to gather concurrent encode calls.")
     encoder_threads: int = _setting(
         0, "CPU threads torch uses for encoding on CPU (0: the cores this process may use)."
@@ -173,6 +177,8 @@ class Settings:
         for name in ("broker_port", "web_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{env_name(name)}={getattr(self, name)} is not a TCP port (0–65535)")
+        if self.token_budget < 0:
+            raise SettingsError("XREC_TOKEN_BUDGET must be 0 (automatic) or a positive number of tokens")
         for name in ("partitions", "item_partitions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1")

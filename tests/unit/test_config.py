@@ -321,3 +321,4 @@ def test_the_readme_lists_every_variable() -> None:
     text = readme.read_text(encoding="utf-8")
     missing = [n for n in all_env_names() if n not in text]
     assert missing == [], f"README.md lacks {missing}; paste `xrec config --markdown` into it"
+    assert settings_table_markdown() in text, "README.md's table is stale; paste `xrec config --markdown` into it"
