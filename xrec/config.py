@@ -108,6 +108,11 @@ class Settings:
         20_000,
         "Edge store: below this many items search stays exact; `optimize()` builds the HNSW index only above it.",
     )
+    store_batch_exact: bool = _setting(
+        True,
+        "Edge store below the index threshold: answer a query batch with one matrix product over an in-memory "
+        "copy of the vectors (false: Qdrant Edge scans the collection once per query).",
+    )
 
     # --- worker ------------------------------------------------------------------------------
     web_host: str = _setting("127.0.0.1", "Address the worker's HTTP server (views and /metrics) binds to.")

@@ -53,7 +53,10 @@ def open_store(settings: Settings, dim: int | None = None) -> VectorStore:
         from xrec.store.edge import EdgeStore
 
         return EdgeStore(
-            settings.store_dir / settings.collection, dim=dim, index_threshold=settings.store_index_threshold
+            settings.store_dir / settings.collection,
+            dim=dim,
+            index_threshold=settings.store_index_threshold,
+            batch_exact=settings.store_batch_exact,
         )
     if settings.store_backend == "qdrant":
         from xrec.store.qdrant import QdrantServerStore
