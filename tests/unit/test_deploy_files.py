@@ -215,8 +215,8 @@ def test_every_alert_has_a_severity_and_runbook_annotations():
         assert re.search(r"^1\. ", rule["annotations"]["runbook"], re.M), rule["alert"]
 
 
-def test_the_operating_docs_explain_every_alert():
-    text = (REPO / "docs" / "operating.md").read_text(encoding="utf-8")
+def test_the_readme_explains_every_alert():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     for rule in rules():
         if "alert" in rule:
             assert f"#### {rule['alert']} ({rule['labels']['severity']})" in text, rule["alert"]

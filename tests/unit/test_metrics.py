@@ -257,8 +257,8 @@ def test_render_negotiates_openmetrics_for_scrapers_that_ask():
     assert body.rstrip().endswith(b"# EOF")
 
 
-def test_the_operating_docs_carry_the_generated_metrics_table():
-    text = (REPO / "docs" / "operating.md").read_text(encoding="utf-8")
+def test_the_readme_carries_the_generated_metrics_table():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     assert metrics_table_markdown() in text, (
         "regenerate with: python -c 'from xrec.metrics import *; print(metrics_table_markdown())'"
     )
