@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xrec.errors import CommandError
-
-MIND_DIR = Path("..") / "shared" / "data" / "mind-xmind"
-SAMPLE_FILE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "multilingual_sample.tsv"
+from xrec.eval.texts import MIND_DIR, SAMPLE_FILE, mind_news, sample_sentences
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_texts(n: int, seed: int) -> tuple[list[str], str]:
     """``n`` texts of mixed length and language, and where they came from."""
     rng = random.Random(seed)
-    mind = _mind_snippets()
+    mind = mind_news(per_file=5000)
     if mind:
         texts = []
         for _ in range(n):
@@ -53,28 +50,11 @@ def load_texts(n: int, seed: int) -> tuple[list[str], str]:
             form = rng.random()
             texts.append(title if form < 0.4 or not abstract else abstract if form < 0.7 else f"{title}. {abstract}")
         return texts, f"{MIND_DIR} news titles/abstracts (en, zh)"
-    if not SAMPLE_FILE.is_file():
+    sentences = sample_sentences()
+    if not sentences:
         raise CommandError(f"no benchmark texts: neither {MIND_DIR} nor the sample {SAMPLE_FILE} is present")
-    sentences = [line.split("\t")[2].strip() for line in SAMPLE_FILE.read_text(encoding="utf-8").splitlines()[1:]]
     texts = [" ".join(rng.choice(sentences) for _ in range(rng.choice((1, 1, 1, 2, 3, 5, 8)))) for _ in range(n)]
     return texts, f"{SAMPLE_FILE.name} sentences joined 1-8 at a time"
-
-
-def _mind_snippets() -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for name, title_col, abstract_col in (("news_en.tsv", 3, 4), ("news_zh.tsv", 1, 2)):
-        path = MIND_DIR / name
-        if not path.is_file():
-            continue
-        with path.open(encoding="utf-8") as fh:
-            next(fh, None)
-            for i, line in enumerate(fh):
-                if i >= 5000:
-                    break
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) > abstract_col and parts[title_col].strip():
-                    out.append((parts[title_col].strip(), parts[abstract_col].strip()))
-    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -57,6 +57,7 @@ import orjson
 from xrec.cli import CommandError
 from xrec.config import Settings
 from xrec.eval.sessions import AMAZON_DIR, Catalog, Workload, build_workload, stable_fraction
+from xrec.eval.texts import MIND_DIR, SAMPLE_FILE, mind_news, sample_sentences
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ SAMPLE_EVERY_S = 0.1
 #: How often the worker's /metrics is read while waiting; rendering it costs the worker CPU, so not too often.
 METRICS_POLL_S = 2.0
 REVIEW_SHARE = 0.5
-MIND_DIR = Path("..") / "shared" / "data" / "mind-xmind"
-SAMPLE_FILE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "multilingual_sample.tsv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -869,21 +868,10 @@ def hash_index(key: str, n: int) -> int:
 
 def review_texts(seed: int) -> list[str]:
     """Review-length texts in several languages: MIND titles/abstracts when present, else the test sample."""
-    out: list[str] = []
-    for name, cols in (("news_en.tsv", (3, 4)), ("news_zh.tsv", (1, 2))):
-        path = MIND_DIR / name
-        if path.is_file():
-            with path.open(encoding="utf-8") as fh:
-                next(fh, None)
-                for i, line in enumerate(fh):
-                    if i >= 2000:
-                        break
-                    parts = line.rstrip("\n").split("\t")
-                    if len(parts) > max(cols):
-                        out.append(f"{parts[cols[0]]}. {parts[cols[1]]}".strip(". "))
-    if not out and SAMPLE_FILE.is_file():
+    out = [f"{title}. {abstract}".strip(". ") for title, abstract in mind_news(per_file=2000)]
+    sentences = [] if out else sample_sentences()
+    if sentences:
         rng = random.Random(seed)
-        sentences = [line.split("\t")[2] for line in SAMPLE_FILE.read_text(encoding="utf-8").splitlines()[1:]]
         out = [" ".join(rng.choice(sentences) for _ in range(rng.choice((1, 2, 3)))) for _ in range(500)]
     if not out:
         raise CommandError(f"no review texts: neither {MIND_DIR} nor {SAMPLE_FILE} is present")
