@@ -61,7 +61,7 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
     async def retry_waiting_events() -> None:
         """Events waiting for their item are retried even when no new events arrive."""
         if runtime.started and runtime.recommender.waiting:
-            await handler.handle([])
+            await handler.retry_waiting()
 
     @app.task
     async def give_up_held_when_leaving() -> None:
@@ -110,6 +110,10 @@ class EventBatchHandler:
                 events.append(event)
         if events:
             await self._handle_events(events)
+
+    async def retry_waiting(self) -> None:
+        """Run the engine on no new events: the events waiting for their item are tried again."""
+        await self._handle_events([])
 
     async def _handle_events(self, batch: Sequence[faust.EventT]) -> None:
         rt = self.runtime

@@ -45,3 +45,11 @@ async def test_back_to_back_control_records_make_no_empty_engine_calls() -> None
     handler = RecordingHandler()
     await handler.handle([record(CONTROL, "c1"), record(CONTROL, "c2"), record(EVENTS, "e1")])
     assert handler.calls == [("control", ["c1"]), ("control", ["c2"]), ("events", ["e1"])]
+
+
+async def test_an_empty_batch_does_nothing_but_a_retry_runs_the_engine_for_the_waiting_events() -> None:
+    handler = RecordingHandler()
+    await handler.handle([])
+    assert handler.calls == []
+    await handler.retry_waiting()
+    assert handler.calls == [("events", [])]
