@@ -12,6 +12,7 @@ from xrec.config import Settings
 from xrec.kafka import run_blocking
 from xrec.metrics import XrecMetrics
 from xrec.store import open_store
+from xrec.store.exact import use_one_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,11 @@ def build_runtime(settings: Settings, *, with_encoder: bool = True, dim: int | N
 def run_worker(
     settings: Settings, bootstrap: str, *, with_encoder: bool = True, dim: int | None = None, loglevel: str = "info"
 ) -> None:
+    use_one_blas_thread()
+    runtime = build_runtime(settings, with_encoder=with_encoder, dim=dim)  # first: a bad model fails before Kafka
     created = run_blocking(lambda: prepare_topics(settings, bootstrap), timeout_s=60)
     if created:
         log.info("created topics: %s", ", ".join(created))
-    runtime = build_runtime(settings, with_encoder=with_encoder, dim=dim)
     app = create_app(runtime, bootstrap)
     log.info(
         "worker %s: broker %s, store %s, web http://%s:%d (/metrics, /readyz, /recommendations/{user})",

@@ -155,8 +155,10 @@ async def run_naive(args: argparse.Namespace) -> NaiveCounts:
 
     from xrec.kafka import aiokafka_kwargs
     from xrec.store import open_store
+    from xrec.store.exact import use_one_blas_thread
 
     settings = Settings.from_env()
+    use_one_blas_thread()  # as the worker does
     store = open_store(settings, dim=args.dim)
     await store.ensure_collection(args.dim)
     engine = NaiveEngine(settings, store, args.dim)
