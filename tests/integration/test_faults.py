@@ -394,6 +394,21 @@ def worker_settings(env: WorkerEnv) -> Settings:
     return Settings.from_env({k: v for k, v in env.env.items() if k.startswith("XREC_")})
 
 
+def committed_offsets(env: WorkerEnv, topic: str) -> dict[int, int | None]:
+    """The worker group's committed offset of each partition of ``topic`` (None: never committed)."""
+
+    async def read() -> dict[int, int | None]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, group_id=worker_settings(env).app_id)
+        await consumer.start()
+        try:
+            partitions = range(worker_settings(env).partitions)  # the events topics are created with it
+            return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
+        finally:
+            await consumer.stop()
+
+    return run_blocking(read, timeout_s=30)
+
+
 # --- kill -9 ------------------------------------------------------------------------------------
 
 
@@ -642,6 +657,7 @@ def test_an_event_waiting_for_its_item_survives_a_stop_and_is_applied_when_the_i
     code = first.stop(sig, timeout_s=60)
     stopped_in = time.monotonic() - stopping
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0), first.log_tail()
+    committed = committed_offsets(env, env.topics["events"])  # must not pass W-early: it never applied
 
     second = env.start_worker(*WORKER_ARGS)
     late = {"item_id": "LATE", "title": "late item", "lang": "en", "vector": items[5]["vector"]}
@@ -653,9 +669,13 @@ def test_an_event_waiting_for_its_item_survives_a_stop_and_is_applied_when_the_i
         f"\n[waiting event + {sig.name}] stopped in {stopped_in:.1f}s, events sent=2, "
         f"reflected={got.events if got else 0}, "
         f"early event applied={bool(got and event_fingerprint('W-early') in got.event_ids)}, "
-        f"duplicates absorbed={metric_sum(second, 'xrec_events_total', outcome='duplicate'):.0f}"
+        f"duplicates absorbed={metric_sum(second, 'xrec_events_total', outcome='duplicate'):.0f}, "
+        f"committed offsets of the events topic after the stop={committed}"
     )
-    assert got is not None and event_fingerprint("W-early") in got.event_ids, "the waiting event was lost"
+    assert got is not None and event_fingerprint("W-early") in got.event_ids, (
+        f"the waiting event was lost (committed offsets after the stop: {committed}); second worker:\n"
+        + second.log_tail()
+    )
     assert got.events == 2
     dlq = env.consume(env.topics["dlq"], lambda ms: False, timeout_s=3)
     assert dlq == []
