@@ -95,6 +95,14 @@ def default_token_budget(device: torch.device) -> int:
     return CPU_TOKEN_BUDGET if device.type == "cpu" else ACCELERATOR_TOKEN_BUDGET
 
 
+def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalized mean of the token states under ``mask`` (padding left out), in float32."""
+    hidden = hidden.float()
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
 def plan_batches(
     lengths_desc: Sequence[int], token_budget: int, min_ratio: float = 0.8, min_fill: float = 0.25
 ) -> list[slice]:
@@ -295,10 +303,8 @@ class TextEncoder:
         with torch.inference_mode():
             ids_t = torch.from_numpy(input_ids).to(self.device)
             mask_t = torch.from_numpy(mask).to(self.device)
-            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state.float()
-            weights = mask_t.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy().astype(np.float32, copy=False)
+            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            vectors = mean_pooled(hidden, mask_t).cpu().numpy().astype(np.float32, copy=False)
         s = self.stats
         s.batches += 1
         s.texts += len(batch)

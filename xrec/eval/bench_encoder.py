@@ -129,6 +129,8 @@ def encode_padded_to_max(encoder: Any, texts: list[str]) -> np.ndarray:
     model's maximum length (``padding="max_length"``), mean pooling, L2 normalization."""
     import torch
 
+    from xrec.encoder import mean_pooled
+
     prefix = encoder.prefixes.for_kind("passage")
     out = []
     for start in range(0, len(texts), PADDED_BATCH):
@@ -138,10 +140,8 @@ def encode_padded_to_max(encoder: Any, texts: list[str]) -> np.ndarray:
         )
         with torch.inference_mode():
             ids, mask = enc["input_ids"].to(encoder.device), enc["attention_mask"].to(encoder.device)
-            hidden = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy())
+            hidden = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out.append(mean_pooled(hidden, mask).cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
