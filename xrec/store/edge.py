@@ -266,7 +266,7 @@ class EdgeStore:
             shard.update(qe.UpdateOperation.create_field_index(name, _FIELD_SCHEMA[name]))
         self._shard = shard
         self._dim = dim
-        self._mirror = self._build_mirror(shard, dim) if self.batch_exact and dim is not None else None
+        self._open_mirror(shard, dim)
 
     def _apply_sync(self, ops: list[qe.UpdateOperation]) -> None:
         shard = self._require()
@@ -278,41 +278,30 @@ class EdgeStore:
         if self._mirror is not None:
             self._mirror.delete(item_ids)
 
-    def _build_mirror(self, shard: qe.EdgeShard, dim: int) -> ExactMirror | None:
-        """Read every point into a new mirror, or None when the collection is past the threshold."""
-        if shard.count(qe.CountRequest(exact=True)) > self.index_threshold:
-            return None
-        mirror = ExactMirror(dim)
+    def _open_mirror(self, shard: qe.EdgeShard, dim: int | None) -> None:
+        """Read every point into a new mirror (none when turned off, or past the threshold)."""
+        self._mirror = None
+        if not self.batch_exact or dim is None or shard.count(qe.CountRequest(exact=True)) > self.index_threshold:
+            return
+        self._mirror = ExactMirror(dim)
         offset: qe.PointId | None = None
-        while True:
+        while self._mirror is not None:
             records, offset = shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=True)
             )
-            if not records:
+            if records:
+                payloads = [dict(rec.payload or {}) for rec in records]
+                item_ids = [item_id_of(p, rec.id) for p, rec in zip(payloads, records, strict=True)]
+                self._mirror_write(item_ids, np.asarray([as_vector(r.vector) for r in records]), payloads)
+            if not records or offset is None:
                 break
-            payloads = [dict(rec.payload or {}) for rec in records]
-            if not all(ExactMirror.mirrors(p) for p in payloads):
-                log.info("edge store %s: a payload holds arrays in filter fields; queries stay with Qdrant", self.path)
-                return None
-            vectors = np.asarray([as_vector(rec.vector) for rec in records], np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            mirror.upsert([item_id_of(p, rec.id) for p, rec in zip(payloads, records, strict=True)], vectors, payloads)
-            if offset is None:
-                break
-        return mirror
 
-    def _upsert_sync(self, points: list[ItemPoint]) -> None:
-        """Convert and write on the edge thread: building Points costs ~60 µs each, too much for the loop."""
-        shard = self._require()
-        batch = prepare_upsert(points, self._dim)
-        for ids, vecs, pays in _chunks(batch.ids, batch.vectors, batch.payloads, size=UPSERT_BATCH):
-            pts = [qe.Point(pid, vec, payload) for pid, vec, payload in zip(ids, vecs, pays, strict=True)]
-            shard.update(qe.UpdateOperation.upsert_points(pts))
-        if self._mirror is not None:
-            self._mirror_upsert(self._mirror, points, batch.payloads)
-
-    def _mirror_upsert(self, mirror: ExactMirror, points: list[ItemPoint], payloads: list[dict[str, Any]]) -> None:
-        new = sum(1 for item_id in {p.item_id for p in points} if item_id not in mirror)
+    def _mirror_write(self, item_ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
+        """Keep the mirror in step with a write, or drop it for good past the threshold or on array payloads."""
+        mirror = self._mirror
+        if mirror is None:
+            return
+        new = len({i for i in item_ids if i not in mirror})
         if len(mirror) + new > self.index_threshold or not all(ExactMirror.mirrors(p) for p in payloads):
             self._mirror = None
             log.info(
@@ -321,9 +310,16 @@ class EdgeStore:
                 self.index_threshold,
             )
             return
-        vectors = np.asarray([np.asarray(p.vector, np.float32).reshape(-1) for p in points])
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        mirror.upsert([p.item_id for p in points], vectors, payloads)
+        mirror.upsert(item_ids, vectors, payloads)
+
+    def _upsert_sync(self, points: list[ItemPoint]) -> None:
+        """Convert and write on the edge thread: building Points costs ~60 µs each, too much for the loop."""
+        shard = self._require()
+        batch = prepare_upsert(points, self._dim)
+        for ids, vecs, pays in _chunks(batch.ids, batch.vectors, batch.payloads, size=UPSERT_BATCH):
+            pts = [qe.Point(pid, vec, payload) for pid, vec, payload in zip(ids, vecs, pays, strict=True)]
+            shard.update(qe.UpdateOperation.upsert_points(pts))
+        self._mirror_write([p.item_id for p in points], batch.matrix, batch.payloads)
 
     def _query_sync(self, queries: list[VectorQuery], with_vectors: bool) -> list[list[Hit]]:
         shard = self._require()

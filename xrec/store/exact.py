@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from xrec.store.base import Hit, ItemFilter, VectorQuery
+from xrec.store.points import payload_selection
 
 
 def use_one_blas_thread() -> None:
@@ -32,7 +33,7 @@ def use_one_blas_thread() -> None:
 
 
 #: Payload fields the mirror holds; a query asking for any other field goes to the engine.
-MIRRORED_FIELDS = ("item_id", "lang", "category", "available", "ts")
+MIRRORED_FIELDS = frozenset({"item_id", "lang", "category", "available", "ts"})
 
 
 class ExactMirror:
@@ -57,7 +58,7 @@ class ExactMirror:
 
     def can_answer(self, queries: Sequence[VectorQuery]) -> bool:
         """True when every query asks only for mirrored payload fields."""
-        return all(q.payload_fields is not None and set(q.payload_fields) <= set(MIRRORED_FIELDS) for q in queries)
+        return all(q.payload_fields is not None and MIRRORED_FIELDS.issuperset(q.payload_fields) for q in queries)
 
     @staticmethod
     def mirrors(payload: dict[str, Any]) -> bool:
@@ -68,8 +69,13 @@ class ExactMirror:
         ) and isinstance(payload.get("available", False), bool)
 
     # --- writes ----------------------------------------------------------------------------------
-    def upsert(self, item_ids: Sequence[str], unit_vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
-        for item_id, vector, payload in zip(item_ids, unit_vectors, payloads, strict=True):
+    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+        """Add or replace points; ``vectors`` are checked (finite, non-zero) rows, normalized here as
+        Qdrant normalizes cosine vectors on upsert."""
+        if not len(item_ids):
+            return
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        for item_id, vector, payload in zip(item_ids, unit, payloads, strict=True):
             row = self._row.get(item_id)
             if row is None:
                 row = len(self._ids)
@@ -137,11 +143,11 @@ class ExactMirror:
             order = np.argsort(-top_scores, axis=1, kind="stable")
             top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
             for i, rows, row_scores in zip(members, top.tolist(), top_scores.tolist(), strict=True):
-                results[i] = self._hits(rows, row_scores, queries[i].payload_fields or (), with_vectors)
+                results[i] = self._hits(rows, row_scores, payload_selection(queries[i]), with_vectors)
         return results
 
-    def _hits(self, rows: list[int], scores: list[float], fields: tuple[str, ...], with_vectors: bool) -> list[Hit]:
-        keys = ("item_id", *fields)
+    def _hits(self, rows: list[int], scores: list[float], keys: Any, with_vectors: bool) -> list[Hit]:
+        """Hits of one query; ``keys`` is its payload selection (a list: ``can_answer`` held)."""
         hits = []
         for row, score in zip(rows, scores, strict=True):
             if score == -np.inf:

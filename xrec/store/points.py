@@ -25,6 +25,7 @@ class PreparedBatch:
     ids: list[str]
     vectors: list[list[float]]
     payloads: list[dict[str, Any]]
+    matrix: np.ndarray  # the same vectors, checked, one float32 row each
 
 
 def vector_matrix(vectors: Sequence[np.ndarray], dim: int | None, what: str) -> np.ndarray:
@@ -49,6 +50,7 @@ def prepare_upsert(points: Sequence[ItemPoint], dim: int | None) -> PreparedBatc
         ids=[point_id(p.item_id) for p in points],
         vectors=matrix.tolist(),
         payloads=[{**p.payload, ITEM_ID_KEY: p.item_id} for p in points],
+        matrix=matrix,
     )
 
 
