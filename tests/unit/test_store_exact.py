@@ -72,6 +72,36 @@ async def test_a_batch_gets_the_same_hits_scores_and_payloads_as_the_engine(pair
     await assert_same_answers(fast, scan, random_queries(60, seed=2, ids=[f"i{k}" for k in range(400)]))
 
 
+async def test_a_batch_larger_than_one_block_of_queries_gets_the_same_answers(
+    pair: tuple[EdgeStore, EdgeStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("xrec.store.exact.QUERY_BLOCK", 7)  # 60 queries: 8 blocks, the last one short
+    fast, scan = pair
+    await assert_same_answers(fast, scan, random_queries(60, seed=14, ids=[f"i{k}" for k in range(400)]))
+
+
+async def test_columns_hold_the_same_answers_as_the_hits_with_each_item_once(
+    pair: tuple[EdgeStore, EdgeStore],
+) -> None:
+    fast, _ = pair
+    queries = random_queries(40, seed=12, ids=[f"i{k}" for k in range(400)])
+    hits = await fast.query_batch(queries, with_vectors=True)
+    columns = await fast.query_columns(queries)
+    assert columns is not None
+    assert len(set(columns.item_ids)) == len(columns.item_ids)
+    for answer, rows, scores in zip(hits, columns.per_query, columns.scores, strict=True):
+        assert [columns.item_ids[r] for r in rows] == [h.item_id for h in answer]
+        np.testing.assert_allclose(scores, [h.score for h in answer], atol=1e-6)
+        np.testing.assert_allclose(columns.vectors[rows], [h.vector for h in answer], atol=1e-6)
+        for field in ("lang", "ts"):
+            assert [columns.payload[field][r] for r in rows] == [h.payload.get(field) for h in answer]
+
+
+async def test_a_store_without_the_mirror_gives_no_columns(pair: tuple[EdgeStore, EdgeStore]) -> None:
+    _, scan = pair
+    assert await scan.query_columns(random_queries(3, seed=13, ids=[f"i{k}" for k in range(400)])) is None
+
+
 async def test_answers_stay_the_same_after_replacing_and_deleting_items(pair: tuple[EdgeStore, EdgeStore]) -> None:
     fast, scan = pair
     changed = catalog(50, seed=9)  # the same ids i0..i49 with new vectors and payloads

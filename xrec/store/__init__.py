@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from xrec.store.base import (
     INDEXED_PAYLOAD_FIELDS,
     Hit,
+    HitColumns,
     ItemFilter,
     ItemPoint,
     StoredItem,
@@ -30,6 +31,7 @@ __all__ = [
     "INDEXED_PAYLOAD_FIELDS",
     "EdgeStore",
     "Hit",
+    "HitColumns",
     "ItemFilter",
     "ItemPoint",
     "QdrantServerStore",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,6 +73,64 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class HitColumns:
+    """A query batch's answers as arrays: what a caller ranking hundreds of lists at once needs,
+    without one object per hit.
+
+    Rows are the distinct items any query of the batch hit. ``per_query[i]`` holds query i's rows,
+    best first (as many as its hits), ``scores[i]`` their cosines.
+    """
+
+    item_ids: list[str]
+    vectors: np.ndarray  # (rows, dim) float32, unit length
+    payload: dict[str, list[Any]]  # each asked payload field, one value per row (None where absent)
+    per_query: list[np.ndarray]  # int64 row numbers
+    scores: list[np.ndarray]  # float32
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def from_hits(
+        cls,
+        answers: Sequence[Sequence[Hit]],
+        dim: int,
+        fields: Sequence[str],
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> HitColumns:
+        """Columns of ``query_batch`` answers. Each item's vector comes from ``vectors`` by id when given
+        (a caller's cache), else from its hit; a hit with neither is left out. The first hit of an item
+        gives its payload values."""
+        row_of: dict[str, int] = {}
+        item_ids: list[str] = []
+        rows: list[np.ndarray] = []
+        payload: dict[str, list[Any]] = {f: [] for f in fields}
+        per_query: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for hits in answers:  # one pass: this runs for every candidate of every list
+            numbers: list[int] = []
+            cosines: list[float] = []
+            for hit in hits:
+                row = row_of.get(hit.item_id)
+                if row is None:
+                    vector = vectors.get(hit.item_id) if vectors is not None else hit.vector
+                    if vector is None:
+                        continue
+                    row = row_of[hit.item_id] = len(item_ids)
+                    item_ids.append(hit.item_id)
+                    rows.append(vector)
+                    for f in fields:
+                        payload[f].append(hit.payload.get(f))
+                numbers.append(row)
+                cosines.append(hit.score)
+            per_query.append(np.asarray(numbers, np.int64))
+            scores.append(np.asarray(cosines, np.float32))
+        # np.array copies the rows in one C loop; vstack costs ~2 µs per row in Python-level checks.
+        matrix = np.array(rows, np.float32) if rows else np.zeros((0, dim), np.float32)
+        return cls(item_ids, matrix, payload, per_query, scores)
+
+
+@dataclass(frozen=True)
 class StoredItem:
     item_id: str
     vector: np.ndarray
@@ -103,6 +161,11 @@ class VectorStore(Protocol):
 
     async def query_batch(self, queries: Sequence[VectorQuery], with_vectors: bool = False) -> list[list[Hit]]:
         """Run several queries in one request; results come back in query order, best first."""
+
+    async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
+        """The answers ``query_batch(queries, with_vectors=True)`` gives, as columns, when this backend
+        can build them without per-hit objects (the edge store's batched exact search); else None, and
+        the caller uses ``query_batch``. The columns' payload holds the fields every query asks for."""
 
     async def count(self) -> int:
         """Number of items held."""

@@ -49,6 +49,7 @@ import qdrant_edge as qe
 from xrec.store.base import (
     INDEXED_PAYLOAD_FIELDS,
     Hit,
+    HitColumns,
     ItemPoint,
     StoredItem,
     StoreError,
@@ -168,6 +169,14 @@ class EdgeStore:
         for i, hits in zip(todo, answers, strict=True):
             results[i] = hits
         return results
+
+    async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
+        """Columns from the batched exact search; None past the index threshold (Qdrant's HNSW answers
+        there, one object per hit) or when a query asks for payload fields the mirror does not hold."""
+        if not queries:
+            return None
+        await self._ready()
+        return await self._call("query", self._columns_sync, list(queries))
 
     async def count(self) -> int:
         await self._ready()
@@ -329,6 +338,11 @@ class EdgeStore:
         requests = [_query_request(q, vec, with_vectors) for q, vec in zip(queries, matrix.tolist(), strict=True)]
         answers = shard.query_batch(qe.QueryBatchRequest(requests))
         return [[_hit(sp, with_vectors) for sp in scored] for scored in answers]
+
+    def _columns_sync(self, queries: list[VectorQuery]) -> HitColumns | None:
+        if self._mirror is None or not self._mirror.can_answer(queries):
+            return None
+        return self._mirror.query_columns(queries, vector_matrix([q.vector for q in queries], self._dim, "query"))
 
     def _optimize_sync(self) -> bool:
         shard = self._require()

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from xrec.store.base import Hit, ItemFilter, VectorQuery
-from xrec.store.points import payload_selection
+from xrec.store.base import Hit, HitColumns, ItemFilter, VectorQuery
+from xrec.store.points import ITEM_ID_KEY, payload_selection
 
 
 def use_one_blas_thread() -> None:
@@ -31,6 +31,10 @@ def use_one_blas_thread() -> None:
 
     threadpool_limits(limits=1, user_api="blas")
 
+
+#: Queries scored in one matrix: bounds the scores (and the partition's indexes) to ~60 MB at the 20k-item
+#: threshold, however large a batch a worker takes while it catches up.
+QUERY_BLOCK = 256
 
 #: Payload fields the mirror holds; a query asking for any other field goes to the engine.
 MIRRORED_FIELDS = frozenset({"item_id", "lang", "category", "available", "ts"})
@@ -110,22 +114,64 @@ class ExactMirror:
         """Top hits of each query: cosine scores, filter, exclusions, ``limit``; best first.
 
         ``matrix`` holds the queries' vectors, checked (finite, non-zero, ``dim`` wide), one per row.
-        Filters, exclusions and top-k are applied to the whole score matrix at once, a few numpy calls
-        per distinct filter and limit rather than per query.
         """
+        results = []
+        for query, (rows, scores) in zip(queries, self.top_rows(queries, matrix), strict=True):
+            keys = payload_selection(query)
+            assert not isinstance(keys, bool), "can_answer: every query names its payload fields"
+            hits = []
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+                payload = self._payloads[row]
+                vector = self._vectors[row].copy() if with_vectors else None
+                hits.append(Hit(self._ids[row], score, {k: payload[k] for k in keys if k in payload}, vector))
+            results.append(hits)
+        return results
+
+    def query_columns(self, queries: Sequence[VectorQuery], matrix: np.ndarray) -> HitColumns:
+        """The same answers as ``query_batch`` (vectors included), as columns over the distinct items hit."""
+        tops = self.top_rows(queries, matrix)
+        hit_rows = np.concatenate([rows for rows, _ in tops])
+        distinct, numbers = np.unique(hit_rows, return_inverse=True)
+        ends = np.cumsum([len(rows) for rows, _ in tops])
+        fields = sorted({f for q in queries for f in q.payload_fields or () if f != ITEM_ID_KEY})
+        payloads = [self._payloads[row] for row in distinct.tolist()]
+        return HitColumns(
+            item_ids=[self._ids[row] for row in distinct.tolist()],
+            vectors=self._vectors[distinct],
+            payload={f: [p.get(f) for p in payloads] for f in fields},
+            per_query=np.split(numbers, ends[:-1]),
+            scores=[scores for _, scores in tops],
+        )
+
+    def top_rows(self, queries: Sequence[VectorQuery], matrix: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each query's best rows and their cosines, best first, ``QUERY_BLOCK`` queries at a time."""
+        tops: list[tuple[np.ndarray, np.ndarray]] = []
+        for start in range(0, len(queries), QUERY_BLOCK):
+            tops += self._top_rows(queries[start : start + QUERY_BLOCK], matrix[start : start + QUERY_BLOCK])
+        return tops
+
+    def _top_rows(self, queries: Sequence[VectorQuery], matrix: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Filters, exclusions and top-k applied to a block's whole score matrix at once: a few numpy calls
+        per distinct filter and limit, not per query."""
         n = len(self._ids)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
         if not queries or n == 0:
-            return [[] for _ in queries]
+            return [empty for _ in queries]
         unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
         scores = unit @ self._vectors[:n].T  # the one pass over the catalog
         by_filter: dict[ItemFilter, list[int]] = {}
         by_limit: dict[int, list[int]] = {}
         hidden_q: list[int] = []
         hidden_row: list[int] = []
+        hidden_rows: dict[int, list[int]] = {}  # one user's queries share their exclusions: look them up once
         for i, query in enumerate(queries):
             by_filter.setdefault(query.filter, []).append(i)
             by_limit.setdefault(min(query.limit, n), []).append(i)
-            rows = [r for r in map(self._row.get, query.exclude_ids) if r is not None]
+            rows = hidden_rows.get(id(query.exclude_ids))
+            if rows is None:
+                rows = hidden_rows[id(query.exclude_ids)] = [
+                    r for r in map(self._row.get, query.exclude_ids) if r is not None
+                ]
             hidden_q += [i] * len(rows)
             hidden_row += rows
         for item_filter, members in by_filter.items():
@@ -133,35 +179,22 @@ class ExactMirror:
             if len(out_rows):
                 scores[np.ix_(np.asarray(members), out_rows)] = -np.inf
         scores[hidden_q, hidden_row] = -np.inf
-        results: list[list[Hit]] = [[] for _ in queries]
+        results = [empty for _ in queries]
         for k, members in by_limit.items():
             if k <= 0:
                 continue
-            block = scores[members]
-            top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(members), 1))
+            block = scores if len(members) == len(queries) else scores[members]  # no copy in the usual case
+            # The k largest sit after position n − k of a partition: no negated copy of the block.
+            top = (
+                np.argpartition(block, n - k, axis=1)[:, n - k :] if k < n else np.tile(np.arange(n), (len(members), 1))
+            )
             top_scores = np.take_along_axis(block, top, axis=1)
             order = np.argsort(-top_scores, axis=1, kind="stable")
             top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-            for i, rows, row_scores in zip(members, top.tolist(), top_scores.tolist(), strict=True):
-                results[i] = self._hits(rows, row_scores, payload_selection(queries[i]), with_vectors)
+            found = (top_scores > -np.inf).sum(axis=1)  # fewer matching points than the limit
+            for i, rows, row_scores, m in zip(members, top, top_scores, found.tolist(), strict=True):
+                results[i] = (rows[:m], row_scores[:m])
         return results
-
-    def _hits(self, rows: list[int], scores: list[float], keys: Any, with_vectors: bool) -> list[Hit]:
-        """Hits of one query; ``keys`` is its payload selection (a list: ``can_answer`` held)."""
-        hits = []
-        for row, score in zip(rows, scores, strict=True):
-            if score == -np.inf:
-                break  # fewer matching points than the limit
-            payload = self._payloads[row]
-            hits.append(
-                Hit(
-                    item_id=self._ids[row],
-                    score=score,
-                    payload={k: payload[k] for k in keys if k in payload},
-                    vector=self._vectors[row].copy() if with_vectors else None,
-                )
-            )
-        return hits
 
     def _mask(self, item_filter: ItemFilter, n: int) -> np.ndarray:
         mask = self._available[:n].copy() if item_filter.available_only else np.ones(n, bool)

@@ -19,7 +19,16 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 
 from xrec.config import Settings
-from xrec.store.base import INDEXED_PAYLOAD_FIELDS, Hit, ItemPoint, StoredItem, StoreError, VectorQuery, point_id
+from xrec.store.base import (
+    INDEXED_PAYLOAD_FIELDS,
+    Hit,
+    HitColumns,
+    ItemPoint,
+    StoredItem,
+    StoreError,
+    VectorQuery,
+    point_id,
+)
 from xrec.store.points import (
     as_vector,
     excluded_point_ids,
@@ -153,6 +162,10 @@ class QdrantServerStore:
         for i, answer in zip(todo, answers, strict=True):
             results[i] = [_hit(sp, with_vectors) for sp in answer.points]
         return results
+
+    async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
+        """None: a server's answers arrive as one object per hit whatever we do with them."""
+        return None
 
     async def count(self) -> int:
         await self._ready()
