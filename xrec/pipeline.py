@@ -28,8 +28,15 @@ from xrec.events import (
 )
 from xrec.metrics import XrecMetrics
 from xrec.profile import ProfileParams, UserProfile, event_weight, review_vector
-from xrec.ranking import Candidates, CatalogCentre, Popularity, RankParams, candidate_queries, rank
-from xrec.store.base import Hit, ItemPoint, VectorQuery, VectorStore
+from xrec.ranking import (
+    CANDIDATE_PAYLOAD,
+    CatalogCentre,
+    Popularity,
+    RankParams,
+    candidate_queries_many,
+    rank_many,
+)
+from xrec.store.base import HitColumns, ItemPoint, VectorQuery, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -240,33 +247,18 @@ class Recommender:
     async def recommend(
         self, users: dict[str, UserProfile], triggers: dict[str, Interaction]
     ) -> list[RecommendationList]:
-        """Lists for many users: one batched store query for all their interests."""
+        """Lists for many users: one batched store query for all their interests, then ranking for
+        all of them at once."""
         now = self.clock_ms()
         centre = self.centre.vector
         warm = [u for u, p in users.items() if p.has_interests]
-        queries: list[VectorQuery] = []
-        spans: list[tuple[str, int, int]] = []
-        for user_id in warm:
-            qs = candidate_queries(users[user_id], self.rank_params, centre)
-            spans.append((user_id, len(queries), len(queries) + len(qs)))
-            queries += qs
-        hits: list[list[Hit]] = []
-        vectors: dict[str, np.ndarray] = {}
-        if queries:
-            with self._stage("query"):
-                with self._store_op("query"):
-                    # No vectors in the answer: turning them into Python lists cost more than the search.
-                    hits = await self.store.query_batch(queries, with_vectors=False)
-                metas = await self._item_meta({h.item_id for per_query in hits for h in per_query})
-                vectors = {item_id: meta.vector for item_id, meta in metas.items()}
+        columns, spans = await self._search([users[u] for u in warm], centre)
         lists: list[RecommendationList] = []
         with self._stage("rank"):
-            for user_id, start, end in spans:
-                profile = users[user_id]
-                flat = [h for per_query in hits[start:end] for h in per_query]
-                cands = Candidates.from_hits(flat, self.dim, vectors)
-                trend = self.popularity.trend(cands.ids) if self.rank_params.trending_weight else None
-                items = rank(profile, cands, self.rank_params, self.profile_params, int(now), trend, centre)
+            trend = self.popularity.trend(columns.item_ids) if self.rank_params.trending_weight else None
+            profiles = [users[u] for u in warm]
+            ranked = rank_many(profiles, columns, spans, self.rank_params, self.profile_params, int(now), trend, centre)
+            for user_id, items in zip(warm, ranked, strict=True):
                 lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))
             for user_id, profile in users.items():
                 if not profile.has_interests:
@@ -276,7 +268,33 @@ class Recommender:
                     lists.append(self._list(user_id, trigger, STRATEGY_POPULAR, items, now))
         return lists
 
+    async def _search(
+        self, profiles: list[UserProfile], centre: np.ndarray | None
+    ) -> tuple[HitColumns, list[tuple[int, int]]]:
+        """The candidates of some users from one store call, and which queries are whose."""
+        queries: list[VectorQuery] = []
+        spans: list[tuple[int, int]] = []
+        for qs in candidate_queries_many(profiles, self.rank_params, centre):
+            spans.append((len(queries), len(queries) + len(qs)))
+            queries += qs
+        return await self._candidate_columns(queries), spans
+
     # --- internals ---------------------------------------------------------------------------
+    async def _candidate_columns(self, queries: list[VectorQuery]) -> HitColumns:
+        """Every query's answers from one store call, as columns; built from the hits and the item cache
+        when the store has no columnar answer (Qdrant's HNSW index, a Qdrant server)."""
+        if not queries:
+            return HitColumns.from_hits([], self.dim, CANDIDATE_PAYLOAD)
+        with self._stage("query"):
+            with self._store_op("query"):
+                columns = await self.store.query_columns(queries)
+                if columns is not None:
+                    return columns
+                # No vectors in the hits: turning them into Python lists cost more than the search.
+                hits = await self.store.query_batch(queries, with_vectors=False)
+            metas = await self._item_meta({h.item_id for per_query in hits for h in per_query})
+        return HitColumns.from_hits(hits, self.dim, CANDIDATE_PAYLOAD, {i: m.vector for i, m in metas.items()})
+
     def _apply(self, profile: UserProfile, event: Interaction, meta: ItemMeta, text_vec: np.ndarray | None) -> None:
         weight = event_weight(event.type, event.rating, self.weights)
         vector = (

@@ -10,7 +10,9 @@ The score of a candidate x for a user with interests c_k (importances r_k) is
 weight of the mean). The log r/τ term prices a match by its interest's importance: without it a match of
 a long-faded interest scores as high as one of the current interest; with it each halving of importance
 costs ln 2/τ of cosine (centred on the user's mean so scores stay near cosines for any τ). MMR then trades
-relevance for diversity with λ. Everything is numpy over the whole candidate matrix at once.
+relevance for diversity with λ. Everything is numpy over the whole candidate matrix at once, and a worker's
+batch ranks its users together (``rank_many``): the distinct candidates of the batch are prepared once, and
+users are scored and diversified in padded chunks, a few numpy calls per chunk rather than per list.
 
 De-biasing. Sentence encoders put every text in a narrow cone: with multilingual-e5-small the mean of
 unit news vectors has norm 0.91 and unrelated news meet at cosine 0.84, so a raw cosine to an interest
@@ -31,7 +33,7 @@ import numpy as np
 from xrec.config import Settings
 from xrec.events import RecommendedItem
 from xrec.profile import ProfileParams, UserProfile
-from xrec.store.base import Hit, ItemFilter, VectorQuery
+from xrec.store.base import Hit, HitColumns, ItemFilter, VectorQuery
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class RankParams:
         )
 
 
+#: The payload fields ranking reads of a candidate (``Candidates.from_columns``).
+CANDIDATE_PAYLOAD = ("lang", "ts")
+
+
 @dataclass(frozen=True)
 class Candidates:
     """Candidate items as parallel arrays: the unit the scorer works on."""
@@ -81,26 +87,19 @@ class Candidates:
         Each hit's vector comes from ``vectors`` by item id when given (the engine's item cache), else
         from the hit itself; a hit with neither is dropped.
         """
-        taken: set[str] = set()
-        ids: list[str] = []
-        rows: list[np.ndarray] = []
-        langs: list[str] = []
-        stamps: list[int] = []
-        for hit in hits:  # one pass: this runs for every candidate of every list
-            item_id = hit.item_id
-            if item_id in taken:
-                continue
-            vec = vectors.get(item_id) if vectors is not None else hit.vector
-            if vec is None:
-                continue
-            taken.add(item_id)
-            ids.append(item_id)
-            rows.append(vec)
-            langs.append(str(hit.payload.get("lang", "und")))
-            stamps.append(int(hit.payload.get("ts") or 0))
-        # np.array copies the rows in one C loop; vstack costs ~2 µs per row in Python-level checks.
-        matrix = np.array(rows, np.float32) if rows else np.zeros((0, dim), np.float32)
-        return cls(ids=ids, vectors=matrix, langs=langs, ts=np.asarray(stamps, np.int64))
+        return cls.from_columns(HitColumns.from_hits([hits], dim, CANDIDATE_PAYLOAD, vectors))
+
+    @classmethod
+    def from_columns(cls, columns: HitColumns) -> Candidates:
+        """Every distinct item of a batch's answers (the columns' rows, in order)."""
+        langs = columns.payload.get("lang") or [None] * len(columns)
+        stamps = columns.payload.get("ts") or [None] * len(columns)
+        return cls(
+            ids=columns.item_ids,
+            vectors=columns.vectors,
+            langs=["und" if lang is None else str(lang) for lang in langs],
+            ts=np.asarray([int(t or 0) for t in stamps], np.int64),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,32 +136,44 @@ def debiased(directions: np.ndarray, centre: np.ndarray | None, strength: float)
     if centre is None or not strength or not len(directions):
         return directions
     moved = directions - strength * centre[None, :]
-    norms = np.linalg.norm(moved, axis=1, keepdims=True)
-    ok = norms[:, 0] > 1e-6
-    out = directions.astype(np.float32, copy=True)
-    out[ok] = moved[ok] / norms[ok]
-    return out
-
-
-#: The payload fields ranking reads of a candidate (``Candidates.from_hits``).
-CANDIDATE_PAYLOAD = ("lang", "ts")
+    norms = np.sqrt(np.einsum("ij,ij->i", moved, moved))[:, None]  # np.linalg.norm's checks cost more here
+    ok = norms > 1e-6
+    return np.where(ok, moved / np.where(ok, norms, 1.0), directions).astype(np.float32, copy=False)
 
 
 def candidate_queries(profile: UserProfile, params: RankParams, centre: np.ndarray | None = None) -> list[VectorQuery]:
     """One store query per (de-biased) interest, all with the user's exclusions and language filter."""
-    langs = tuple(profile.language_affinity()) if params.language_policy == "only" else None
-    item_filter = ItemFilter(langs=langs or None, available_only=True)
-    excluded = profile.excluded_ids()  # applied by the store, so every query still fills its limit
-    return [
-        VectorQuery(
-            vector=c,
-            limit=params.candidates_per_interest,
-            filter=item_filter,
-            exclude_ids=excluded,
-            payload_fields=CANDIDATE_PAYLOAD,
+    return candidate_queries_many([profile], params, centre)[0]
+
+
+def candidate_queries_many(
+    profiles: Sequence[UserProfile], params: RankParams, centre: np.ndarray | None = None
+) -> list[list[VectorQuery]]:
+    """``candidate_queries`` of many users, their interests de-biased together."""
+    if not profiles:
+        return []
+    directions = debiased(np.concatenate([p.centroids for p in profiles]), centre, params.debias)
+    queries: list[list[VectorQuery]] = []
+    start = 0
+    for profile in profiles:
+        langs = tuple(profile.language_affinity()) if params.language_policy == "only" else None
+        item_filter = ItemFilter(langs=langs or None, available_only=True)
+        excluded = profile.excluded_ids()  # applied by the store, so every query still fills its limit
+        stop = start + len(profile.centroids)
+        queries.append(
+            [
+                VectorQuery(
+                    vector=c,
+                    limit=params.candidates_per_interest,
+                    filter=item_filter,
+                    exclude_ids=excluded,
+                    payload_fields=CANDIDATE_PAYLOAD,
+                )
+                for c in directions[start:stop]
+            ]
         )
-        for c in debiased(profile.centroids, centre, params.debias)
-    ]
+        start = stop
+    return queries
 
 
 def score_candidates(
@@ -180,32 +191,9 @@ def score_candidates(
     """
     if not len(cands):
         return np.zeros(0), np.zeros(0, np.int64)
-    sims = cands.vectors @ debiased(profile.centroids, centre, params.debias).T  # (n, k)
-    importance = profile.importance(now_ms, profile_params)
-    rel = importance / max(float(importance.max()), 1e-12)
-    log_rel = np.log(np.maximum(rel, 1e-12))
-    logits = params.interest_temperature * sims + log_rel[None, :]
-    logits -= logits.max(axis=1, keepdims=True)
-    attention = np.exp(logits)
-    attention /= attention.sum(axis=1, keepdims=True)
-    score = (attention * sims).sum(axis=1)
-    if params.interest_temperature > 0:  # faded interests price their matches down (module docstring)
-        mean_log_rel = (rel / max(float(rel.sum()), 1e-12)) @ log_rel
-        score += attention @ (log_rel - mean_log_rel) / params.interest_temperature
-    neg_dir, neg_strength = profile.negative_direction()
-    if neg_dir is not None and params.negative_weight:
-        neg_dir = debiased(neg_dir[None, :], centre, params.debias)[0]
-        score -= params.negative_weight * neg_strength * (cands.vectors @ neg_dir)
-    if params.language_weight and params.language_policy != "any":
-        affinity = profile.language_affinity()
-        score += params.language_weight * np.asarray([affinity.get(lang, 0.0) for lang in cands.langs])
-    if params.freshness_weight:
-        age_h = np.maximum(0, now_ms - cands.ts) / 3_600_000.0
-        fresh = np.where(cands.ts > 0, np.exp2(-age_h / params.freshness_half_life_hours), 0.0)
-        score += params.freshness_weight * fresh
-    if params.trending_weight and trend:
-        score += params.trending_weight * np.asarray([trend.get(i, 0.0) for i in cands.ids])
-    return score, np.argmax(attention, axis=1)
+    table = CandidateTable.of(cands, params, trend, centre)
+    score, interest_of = table.score([profile], None, params, profile_params, now_ms)
+    return score[0], interest_of[0]
 
 
 def mmr_select(vectors: np.ndarray, relevance: np.ndarray, n: int, lam: float) -> list[int]:
@@ -216,7 +204,7 @@ def mmr_select(vectors: np.ndarray, relevance: np.ndarray, n: int, lam: float) -
     if lam >= 1.0:
         return [int(i) for i in np.argsort(-relevance, kind="stable")[:n]]
     chosen: list[int] = []
-    base = lam * relevance
+    base = lam * np.asarray(relevance, np.float64)
     max_sim: np.ndarray | None = None  # highest similarity of each candidate to a chosen one (float64)
     for _ in range(min(n, count)):
         gain = base.copy() if max_sim is None else base - (1 - lam) * max_sim
@@ -226,6 +214,36 @@ def mmr_select(vectors: np.ndarray, relevance: np.ndarray, n: int, lam: float) -
         sims = (vectors @ vectors[pick]).astype(np.float64)
         max_sim = sims if max_sim is None else np.maximum(max_sim, sims)
     return chosen
+
+
+def mmr_select_many(
+    vectors: np.ndarray, relevance: np.ndarray, counts: Sequence[int], n: int, lam: float
+) -> list[list[int]]:
+    """``mmr_select`` for several users at once: ``vectors`` (users, candidates, dim), unit rows; user
+    u's first ``counts[u]`` candidates are real, the rest padding. Each step is one stacked product for
+    everyone; one user takes ``mmr_select``'s plain products, which cost less per call."""
+    users, width = relevance.shape
+    if users == 1:
+        return [mmr_select(vectors[0, : counts[0]], relevance[0, : counts[0]], n, lam)]
+    limits = [min(n, c) for c in counts]
+    if width == 0 or n <= 0:
+        return [[] for _ in counts]
+    real = np.arange(width)[None, :] < np.asarray(counts)[:, None]
+    if lam >= 1.0:
+        order = np.argsort(np.where(real, -relevance, np.inf), axis=1, kind="stable")[:, : min(n, width)].tolist()
+        return [picks[:m] for picks, m in zip(order, limits, strict=True)]
+    base = np.where(real, lam * relevance, -np.inf)  # a picked candidate's base becomes −inf too
+    everyone = np.arange(users)
+    steps: list[np.ndarray] = []
+    max_sim: np.ndarray | None = None
+    for _ in range(max(limits)):
+        pick = np.argmax(base if max_sim is None else base - (1 - lam) * max_sim, axis=1)
+        steps.append(pick)
+        base[everyone, pick] = -np.inf
+        sims = (vectors @ vectors[everyone, pick][:, :, None])[:, :, 0].astype(np.float64)
+        max_sim = sims if max_sim is None else np.maximum(max_sim, sims)
+    picks = np.stack(steps, axis=1).tolist()
+    return [p[:m] for p, m in zip(picks, limits, strict=True)]
 
 
 def rank(
@@ -242,26 +260,189 @@ def rank(
     With a ``centre``, MMR also compares items by their de-biased vectors: raw cosines between items
     are all high, so without it redundancy would barely tell a near-duplicate from an unrelated item.
     """
-    excluded = set(profile.seen) | set(profile.disliked)
-    keep = [i for i, item_id in enumerate(cands.ids) if item_id not in excluded]
-    if len(keep) != len(cands):
-        cands = Candidates(
-            ids=[cands.ids[i] for i in keep],
-            vectors=cands.vectors[keep],
-            langs=[cands.langs[i] for i in keep],
-            ts=cands.ts[keep],
+    table = CandidateTable.of(cands, params, trend, centre)
+    return table.rank([profile], [np.arange(len(cands))], params, profile_params, now_ms)[0]
+
+
+def rank_many(
+    profiles: Sequence[UserProfile],
+    columns: HitColumns,
+    spans: Sequence[tuple[int, int]],
+    params: RankParams,
+    profile_params: ProfileParams,
+    now_ms: int,
+    trend: Mapping[str, float] | None = None,
+    centre: np.ndarray | None = None,
+) -> list[list[RecommendedItem]]:
+    """``rank`` for many users at once: user u's candidates are the answers to queries ``spans[u]`` of
+    one batch, whose distinct items are prepared once for everyone."""
+    table = CandidateTable.of(Candidates.from_columns(columns), params, trend, centre)
+    rows = [union_of_answers(columns.per_query[start:stop]) for start, stop in spans]
+    return table.rank(profiles, rows, params, profile_params, now_ms)
+
+
+def union_of_answers(answers: Sequence[np.ndarray]) -> np.ndarray:
+    """The rows several queries answered, each once, in order of first appearance."""
+    rows = np.concatenate(answers) if answers else np.zeros(0, np.int64)
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
+
+
+#: Users ranked together in one set of padded arrays: few enough to keep them small (users × candidates × dim).
+RANK_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class CandidateTable:
+    """Candidates prepared once for every user who shares them (a batch's distinct items)."""
+
+    cands: Candidates
+    unbiased: np.ndarray  # (n, dim) the de-biased unit vectors MMR compares items by
+    trend: np.ndarray | None  # (n,) popularity relative to the top item, when trending counts
+    centre: np.ndarray | None
+    debias: float
+
+    @classmethod
+    def of(
+        cls, cands: Candidates, params: RankParams, trend: Mapping[str, float] | None, centre: np.ndarray | None
+    ) -> CandidateTable:
+        return cls(
+            cands=cands,
+            unbiased=debiased(cands.vectors, centre, params.debias),
+            trend=np.asarray([trend.get(i, 0.0) for i in cands.ids]) if params.trending_weight and trend else None,
+            centre=centre,
+            debias=params.debias,
         )
-    score, interest_of = score_candidates(profile, cands, params, profile_params, now_ms, trend, centre)
-    picks = mmr_select(debiased(cands.vectors, centre, params.debias), score, params.list_length, params.mmr_lambda)
-    return [
-        RecommendedItem(
-            item_id=cands.ids[i],
-            score=float(score[i]),
-            lang=cands.langs[i],
-            because=profile.anchors[int(interest_of[i])] if profile.anchors else None,
+
+    def rank(
+        self,
+        profiles: Sequence[UserProfile],
+        rows: Sequence[np.ndarray],
+        params: RankParams,
+        profile_params: ProfileParams,
+        now_ms: int,
+    ) -> list[list[RecommendedItem]]:
+        """One list per profile from its candidates ``rows`` (seen and disliked items are dropped here).
+        Users go in chunks of similar candidate counts: a few numpy calls per chunk, not per list."""
+        rows = [self._unseen(p, r) for p, r in zip(profiles, rows, strict=True)]
+        if len(profiles) == 1 and np.array_equal(rows[0], np.arange(len(self.cands))):
+            return [self._rank_chunk(list(profiles), None, [len(self.cands)], params, profile_params, now_ms)[0]]
+        lists: list[list[RecommendedItem]] = [[] for _ in profiles]
+        by_size = sorted((u for u in range(len(profiles)) if len(rows[u])), key=lambda u: len(rows[u]))
+        for first in range(0, len(by_size), RANK_CHUNK):
+            chunk = by_size[first : first + RANK_CHUNK]
+            counts = [len(rows[u]) for u in chunk]
+            padded = np.zeros((len(chunk), max(counts)), np.int64)
+            for j, u in enumerate(chunk):
+                padded[j, : counts[j]] = rows[u]
+            users = [profiles[u] for u in chunk]
+            for u, items in zip(
+                chunk, self._rank_chunk(users, padded, counts, params, profile_params, now_ms), strict=True
+            ):
+                lists[u] = items
+        return lists
+
+    def _rank_chunk(
+        self,
+        users: list[UserProfile],
+        padded: np.ndarray | None,
+        counts: list[int],
+        params: RankParams,
+        profile_params: ProfileParams,
+        now_ms: int,
+    ) -> list[list[RecommendedItem]]:
+        """Lists of a few users whose candidates are ``padded`` (None: one user, the whole table)."""
+        score, interest_of = self.score(users, padded, params, profile_params, now_ms)
+        vectors = self.unbiased[None] if padded is None else self.unbiased[padded]
+        picks = mmr_select_many(vectors, score, counts, params.list_length, params.mmr_lambda)
+        lists = []
+        for j, profile in enumerate(users):
+            at = list(range(len(self.cands))) if padded is None else padded[j].tolist()
+            scores, answers = score[j].tolist(), interest_of[j].tolist()
+            lists.append(
+                [
+                    RecommendedItem(
+                        item_id=self.cands.ids[at[c]],
+                        score=scores[c],
+                        lang=self.cands.langs[at[c]],
+                        because=profile.anchors[answers[c]] if profile.anchors else None,
+                    )
+                    for c in picks[j]
+                ]
+            )
+        return lists
+
+    def _unseen(self, profile: UserProfile, rows: np.ndarray) -> np.ndarray:
+        excluded = set(profile.seen) | set(profile.disliked)
+        if not excluded:
+            return rows
+        ids = self.cands.ids
+        keep = [r for r in rows.tolist() if ids[r] not in excluded]
+        return rows if len(keep) == len(rows) else np.asarray(keep, np.int64)
+
+    def score(
+        self,
+        profiles: Sequence[UserProfile],
+        rows: np.ndarray | None,
+        params: RankParams,
+        profile_params: ProfileParams,
+        now_ms: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (users, candidates) of the candidates at ``rows``, and the interest each one answers:
+        the formula of the module docstring, for every user at once (padding rows are scored too, and
+        left out by the caller). ``rows`` None: one user, every candidate of the table."""
+        cands = self.cands
+        users, dim = len(profiles), cands.vectors.shape[1]
+        width = max(len(p.centroids) for p in profiles)
+        interests = np.zeros((users, width, dim), np.float32)
+        log_rel = np.zeros((users, width))
+        missing = np.ones((users, width), bool)
+        mean_log_rel = np.zeros(users)
+        dislike: np.ndarray | None = None
+        dislike_strength = np.zeros(users)
+        everyone = debiased(np.concatenate([p.centroids for p in profiles]), self.centre, self.debias)
+        start = 0
+        for u, profile in enumerate(profiles):
+            k = len(profile.centroids)
+            interests[u, :k] = everyone[start : start + k]
+            start += k
+            importance = profile.importance(now_ms, profile_params)
+            rel = importance / max(float(importance.max()), 1e-12) if k else importance
+            log_rel[u, :k] = np.log(np.maximum(rel, 1e-12))
+            missing[u, :k] = False
+            mean_log_rel[u] = (rel / max(float(rel.sum()), 1e-12)) @ log_rel[u, :k]
+            neg_dir, strength = profile.negative_direction()
+            if neg_dir is not None and params.negative_weight:
+                if dislike is None:
+                    dislike = np.zeros((users, dim), np.float32)
+                dislike[u] = debiased(neg_dir[None, :], self.centre, self.debias)[0]
+                dislike_strength[u] = strength
+        vectors = cands.vectors[None] if rows is None else cands.vectors[rows]  # (users, candidates, dim)
+        sims = vectors @ interests.transpose(0, 2, 1)  # (users, candidates, interests)
+        logits = (
+            params.interest_temperature * sims
+            + (np.where(missing, -np.inf, log_rel) if missing.any() else log_rel)[:, None, :]
         )
-        for i in picks
-    ]
+        logits -= logits.max(axis=2, keepdims=True)
+        attention = np.exp(logits)
+        attention /= attention.sum(axis=2, keepdims=True)
+        score = (attention * sims).sum(axis=2)
+        if params.interest_temperature > 0:  # faded interests price their matches down (module docstring)
+            score += (attention @ (log_rel - mean_log_rel[:, None])[:, :, None])[:, :, 0] / params.interest_temperature
+        if dislike is not None:
+            score -= params.negative_weight * dislike_strength[:, None] * (vectors @ dislike[:, :, None])[:, :, 0]
+        at = np.arange(len(cands))[None, :] if rows is None else rows
+        if params.language_weight and params.language_policy != "any":
+            for u, profile in enumerate(profiles):
+                affinity = profile.language_affinity()
+                score[u] += params.language_weight * np.asarray([affinity.get(cands.langs[r], 0.0) for r in at[u]])
+        if params.freshness_weight:
+            ts = cands.ts[at]
+            age_h = np.maximum(0, now_ms - ts) / 3_600_000.0
+            score += params.freshness_weight * np.where(ts > 0, np.exp2(-age_h / params.freshness_half_life_hours), 0.0)
+        if self.trend is not None:
+            score += params.trending_weight * self.trend[at]
+        return score, np.argmax(attention, axis=2)
 
 
 class Popularity:
@@ -277,6 +458,7 @@ class Popularity:
         self.scores: dict[str, float] = {}  # stored relative to ``epoch`` to avoid decaying everything
         self.langs: dict[str, str] = {}
         self.epoch = 0
+        self._top: float | None = None  # the highest score, kept as scores change; None: to be recomputed
 
     def add(self, item_id: str, lang: str, ts: int, weight: float = 1.0) -> None:
         if not self.epoch:
@@ -285,8 +467,10 @@ class Popularity:
         if growth > 50:  # re-base before exp overflows
             self._rebase(ts)
             growth = 0.0
-        self.scores[item_id] = self.scores.get(item_id, 0.0) + weight * math.exp(growth)
+        score = self.scores[item_id] = self.scores.get(item_id, 0.0) + weight * math.exp(growth)
         self.langs[item_id] = lang
+        if self._top is not None and (score > self._top or weight < 0):
+            self._top = score if weight > 0 else None
         if len(self.scores) > self.max_items * 1.2:
             for item in sorted(self.scores, key=self.scores.__getitem__)[: len(self.scores) - self.max_items]:
                 del self.scores[item]
@@ -296,12 +480,14 @@ class Popularity:
         """Forget an item that was deleted or became unavailable, so no cold-start list offers it."""
         self.scores.pop(item_id, None)
         self.langs.pop(item_id, None)
+        self._top = None
 
     def _rebase(self, ts: int) -> None:
         factor = math.exp(-self.decay_per_ms * (ts - self.epoch))
         self.scores = {k: v * factor for k, v in self.scores.items() if v * factor > 1e-9}
         self.langs = {k: self.langs[k] for k in self.scores}  # dropped items must not linger here
         self.epoch = ts
+        self._top = None
 
     def top(
         self, n: int, langs: Sequence[str] | None = None, exclude: set[str] | None = None
@@ -324,7 +510,9 @@ class Popularity:
         """Popularity of the given items relative to the most popular one (0..1)."""
         if not self.scores:
             return {}
-        top = max(self.scores.values())
+        if self._top is None:  # once per change of the maximum, not once per list: the table holds up to 50k items
+            self._top = max(self.scores.values())
+        top = self._top
         return {i: self.scores.get(i, 0.0) / top for i in item_ids}
 
     def cold_start(

@@ -14,8 +14,18 @@ import pytest
 
 from xrec.config import Settings
 from xrec.profile import ProfileParams, UserProfile
-from xrec.ranking import Candidates, Popularity, RankParams, candidate_queries, mmr_select, rank, score_candidates
-from xrec.store.base import Hit
+from xrec.ranking import (
+    Candidates,
+    Popularity,
+    RankParams,
+    candidate_queries,
+    mmr_select,
+    mmr_select_many,
+    rank,
+    rank_many,
+    score_candidates,
+)
+from xrec.store.base import Hit, HitColumns
 
 pytestmark = pytest.mark.unit
 
@@ -233,6 +243,64 @@ def test_rank_applies_mmr_over_the_scored_candidates() -> None:
     assert ids(rank(p, c, replace(RP, mmr_lambda=0.5, list_length=3), PP, T0))[:2] == ["d1", "other"]
 
 
+def test_mmr_for_many_users_at_once_picks_what_it_picks_for_each_alone() -> None:
+    rng = np.random.default_rng(3)
+    counts = [7, 1, 12, 12, 3]
+    vectors = rng.standard_normal((len(counts), 12, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    relevance = rng.random((len(counts), 12))
+    for lam in (0.3, 0.8, 1.0):
+        together = mmr_select_many(vectors, relevance, counts, 5, lam)
+        alone = [mmr_select(vectors[u, :c], relevance[u, :c], 5, lam) for u, c in enumerate(counts)]
+        assert together == alone
+        assert [len(picks) for picks in together] == [5, 1, 5, 5, 3]
+
+
+def test_ranking_a_batch_of_users_gives_each_the_list_ranking_them_alone_gives() -> None:
+    """Users share one table of candidates; each ranks only what their own queries answered."""
+    rng = np.random.default_rng(5)
+    ids = [f"c{i}" for i in range(40)]
+    vectors = rng.standard_normal((40, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    langs = ["en", "de", "ja", "zh"]
+    columns = HitColumns(
+        item_ids=ids,
+        vectors=vectors,
+        payload={"lang": [langs[i % 4] for i in range(40)], "ts": [T0 - i * HOUR for i in range(40)]},
+        per_query=[rng.permutation(40)[:n] for n in (12, 9, 20, 5, 15, 30)],
+        scores=[np.zeros(n, np.float32) for n in (12, 9, 20, 5, 15, 30)],
+    )
+    users = []
+    for u in range(3):
+        p = UserProfile(dim=DIM)
+        for i in range(u + 2):
+            p.observe(topic(u + i), 1.0, T0 + i, f"c{u * 7 + i}", "en", PP)  # c… ids: some candidates are seen
+        users.append(p)
+    users[1].observe(topic(9), -1.0, T0, "c30", "en", PP, dislike=True)
+    spans = [(0, 2), (2, 3), (3, 6)]
+    trend = {f"c{i}": i / 40 for i in range(40)}
+    centre = vectors.mean(axis=0)
+    params = replace(RP, mmr_lambda=0.7, language_policy="prefer", freshness_weight=0.1, trending_weight=0.05)
+    together = rank_many(users, columns, spans, params, PP, T0, trend, centre)
+    for profile, (start, stop), got in zip(users, spans, together, strict=True):
+        rows = list(dict.fromkeys(int(r) for answer in columns.per_query[start:stop] for r in answer))
+        alone = Candidates(
+            ids=[ids[r] for r in rows],
+            vectors=vectors[rows],
+            langs=[langs[r % 4] for r in rows],
+            ts=np.asarray([T0 - r * HOUR for r in rows], np.int64),
+        )
+        want = rank(profile, alone, params, PP, T0, trend, centre)
+        assert ids_of(got) == ids_of(want) and len(got) == params.list_length
+        np.testing.assert_allclose([i.score for i in got], [i.score for i in want], rtol=1e-5)
+        assert [i.because for i in got] == [i.because for i in want]
+        assert not set(ids_of(got)) & (set(profile.seen) | set(profile.disliked))
+
+
+def ids_of(items: list) -> list[str]:
+    return [i.item_id for i in items]
+
+
 def test_rank_params_come_from_settings() -> None:
     s = Settings(list_length=7, mmr_lambda=0.6, language_policy="prefer", interest_temperature=5.0)
     params = RankParams.from_settings(s)
@@ -296,3 +364,16 @@ def test_rebasing_keeps_the_order_and_forgets_the_items_it_drops() -> None:
     pop.add("b", "en", T0 + 100 * HOUR)
     assert pop.top(5) == [("a", 1.0), ("b", 0.5)]
     assert set(pop.langs) == set(pop.scores) == {"a", "b"}
+
+
+def test_trend_follows_the_maximum_as_it_grows_shrinks_and_leaves() -> None:
+    pop = Popularity()
+    pop.add("a", "en", T0, weight=4.0)
+    pop.add("b", "en", T0, weight=2.0)
+    assert pop.trend(["b"]) == {"b": 0.5}
+    pop.add("b", "en", T0, weight=6.0)  # b overtakes a
+    assert pop.trend(["a", "b"]) == {"a": 0.5, "b": 1.0}
+    pop.add("b", "en", T0, weight=-6.0)  # a negative weight can lower the maximum
+    assert pop.trend(["a", "b"]) == {"a": 1.0, "b": 0.5}
+    pop.discard("a")  # the most popular item leaves
+    assert pop.trend(["a", "b"]) == {"a": 0.0, "b": 1.0}
