@@ -53,7 +53,7 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
     async def process_events(stream: StreamT) -> None:
         await runtime.ensure_started()
         async for batch in cast(Stream, stream).take_events(
-            settings.batch_size, within=settings.batch_within_ms / 1000.0
+            settings.event_batch_size, within=settings.batch_within_ms / 1000.0
         ):
             await handler.handle(batch)
 

@@ -55,7 +55,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,  # how soon a killed worker's partitions move
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-        stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+        stream_buffer_maxsize=max(4096, settings.event_batch_size * 4),
         table_cleanup_interval=300.0,
         version=1,
         autodiscover=False,

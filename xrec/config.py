@@ -117,8 +117,15 @@ class Settings:
     # --- worker ------------------------------------------------------------------------------
     web_host: str = _setting("127.0.0.1", "Address the worker's HTTP server (views and /metrics) binds to.")
     web_port: int = _setting(6066, "Port of the worker's HTTP server (views and /metrics).")
-    batch_size: int = _setting(256, "Records an agent takes at most per batch.")
-    batch_within_ms: float = _setting(20.0, "How long an agent waits to fill a batch.")
+    batch_size: int = _setting(
+        256, "Item records the indexer takes at most per batch (their texts are encoded together)."
+    )
+    event_batch_size: int = _setting(
+        2048,
+        "Events the event agent takes at most per batch. A batch closes after XREC_BATCH_WITHIN_MS, so it only fills "
+        "up while the worker is behind; then each user's events in it get one list (a backlog is coalesced).",
+    )
+    batch_within_ms: float = _setting(50.0, "How long an agent waits to fill a batch.")
     dedup_window: int = _setting(
         512, "Event ids remembered per user (8 bytes each, in the profile) to drop redeliveries."
     )

@@ -138,6 +138,7 @@ def test_a_list_answers_every_earlier_event_of_its_user() -> None:
     assert cov.lists == 3
     assert cov.answered_at == {"a1": 1.0, "a2": 1.0, "b1": 1.5, "a3": 3.0}
     assert cov.events_per_s == pytest.approx(4 / 2.0)
+    assert cov.lists_per_s == pytest.approx(3 / 2.0)  # one list answered two events of A: coalescing
 
 
 def test_lists_of_other_runs_and_tombstones_are_not_counted() -> None:

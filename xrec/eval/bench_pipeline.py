@@ -12,7 +12,7 @@ One run, one broker, one machine:
    covered / (last list − first list), where a list covers its user's events up to its trigger id (a
    list can answer several events of one user: coalescing). CPU seconds come from the worker's
    ``/proc/<pid>/stat`` between those two moments, memory from its RSS.
-3. **Freshness.** Fresh events are offered at ``--rate`` (default: half the measured saturation), each
+3. **Freshness.** Fresh events are offered at ``--rate`` (default: half the lists/s at saturation), each
    stamped with the wall clock as it is sent; latency = timestamp of the first list that covers the
    event (the worker's producer stamps it as it publishes) − the event's ``ts``.
 4. **Memory.** The profile changelog topic is read back: mean serialized profile size × 100k, next to
@@ -75,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=5_000, help="users in the replayed stream (default 5000)")
     parser.add_argument("--events", type=int, default=20_000, help="events drained at saturation (default 20000)")
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="offered events/s for the latency run (default: half of saturation)"
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered events/s for the latency run (default: half the lists/s at saturation)",
     )
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
     parser.add_argument(
@@ -331,6 +334,11 @@ class Coverage:
     def events_per_s(self) -> float:
         span = self.last_list_s - self.first_list_s
         return self.covered / span if span > 0 else math.nan
+
+    @property
+    def lists_per_s(self) -> float:
+        span = self.last_list_s - self.first_list_s
+        return self.lists / span if span > 0 else math.nan
 
 
 def coverage(events: list[dict[str, Any]], records: list[OutRecord]) -> Coverage:
@@ -634,6 +642,7 @@ class Bench:
                 "covered": sat.covered,
                 "lists": sat.lists,
                 "events_per_s": sat.events_per_s,
+                "lists_per_s": sat.lists_per_s,
                 "seconds": sat.last_list_s - sat.first_list_s,
                 "dlq": metric_sum(metrics, "xrec_events_total", outcome="dlq"),
                 "preload_s": preload_s,
@@ -646,7 +655,7 @@ class Bench:
             }
             if self.args.held_profiles:
                 result["held_profiles"] = held
-            latency = self.latency(worker, settings, work, sat.events_per_s, len(work.events))
+            latency = self.latency(worker, settings, work, sat.lists_per_s, len(work.events))
             memory = self.memory(worker, settings, sat, work)
         finally:
             worker.stop()
@@ -657,9 +666,12 @@ class Bench:
         return out
 
     def latency(
-        self, worker: Child, settings: Settings, work: Workload, saturation: float, handled: int
+        self, worker: Child, settings: Settings, work: Workload, lists_per_s: float, handled: int
     ) -> dict[str, Any]:
-        rate = self.args.rate or max(1.0, 0.5 * saturation)
+        """Freshness at ``--rate``, by default half the lists/s of saturation: under a backlog a worker
+        coalesces (one list per user per batch), so events/s there overstates what fresh traffic, one list
+        per event, can be offered at."""
+        rate = self.args.rate or max(1.0, 0.5 * lists_per_s)
         n = max(1, min(len(work.events), int(rate * self.args.latency_seconds)))
         events = [{**e, "event_id": f"L{i}"} for i, e in enumerate(work.events[:n])]
         cpu0 = worker.sampler.read()
@@ -989,8 +1001,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"workload   {w['source']}: {w['items']} items, {w['users']} users, {w['events']} events",
         f"catalog    load {result['catalog']['load_s']:.1f}s, optimize {result['catalog']['optimize_s']:.1f}s, "
         f"search {result['catalog']['search']}",
-        f"xrec       {sat['events_per_s']:.0f} events/s at saturation ({sat['covered']} events, {sat['lists']} lists, "
-        f"{sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events",
+        f"xrec       {sat['events_per_s']:.0f} events/s at saturation ({sat['covered']} events, {sat['lists']} lists "
+        f"= {sat['lists_per_s']:.0f}/s, {sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events",
         f"latency    at {lat['offered_rate']:.0f} events/s offered: p50 {lat['latency_ms']['p50']:.0f} ms, "
         f"p95 {lat['latency_ms']['p95']:.0f} ms, p99 {lat['latency_ms']['p99']:.0f} ms "
         f"({lat['answered']}/{lat['events']} answered)",
