@@ -260,6 +260,15 @@ def rank(
     With a ``centre``, MMR also compares items by their de-biased vectors: raw cosines between items
     are all high, so without it redundancy would barely tell a near-duplicate from an unrelated item.
     """
+    excluded = set(profile.seen) | set(profile.disliked)
+    keep = [i for i, item_id in enumerate(cands.ids) if item_id not in excluded]
+    if len(keep) != len(cands):
+        cands = Candidates(
+            ids=[cands.ids[i] for i in keep],
+            vectors=cands.vectors[keep],
+            langs=[cands.langs[i] for i in keep],
+            ts=cands.ts[keep],
+        )
     table = CandidateTable.of(cands, params, trend, centre)
     return table.rank([profile], [np.arange(len(cands))], params, profile_params, now_ms)[0]
 
@@ -275,7 +284,9 @@ def rank_many(
     centre: np.ndarray | None = None,
 ) -> list[list[RecommendedItem]]:
     """``rank`` for many users at once: user u's candidates are the answers to queries ``spans[u]`` of
-    one batch, whose distinct items are prepared once for everyone."""
+    one batch, whose distinct items are prepared once for everyone. Those are the user's
+    ``candidate_queries``, which carry their seen and disliked items as exclusions: the store has
+    already left them out, so unlike ``rank`` this does not filter them again."""
     table = CandidateTable.of(Candidates.from_columns(columns), params, trend, centre)
     rows = [union_of_answers(columns.per_query[start:stop]) for start, stop in spans]
     return table.rank(profiles, rows, params, profile_params, now_ms)
@@ -322,9 +333,8 @@ class CandidateTable:
         profile_params: ProfileParams,
         now_ms: int,
     ) -> list[list[RecommendedItem]]:
-        """One list per profile from its candidates ``rows`` (seen and disliked items are dropped here).
-        Users go in chunks of similar candidate counts: a few numpy calls per chunk, not per list."""
-        rows = [self._unseen(p, r) for p, r in zip(profiles, rows, strict=True)]
+        """One list per profile from its candidates ``rows``. Users go in chunks of similar candidate
+        counts: a few numpy calls per chunk, not per list."""
         if len(profiles) == 1 and np.array_equal(rows[0], np.arange(len(self.cands))):
             return [self._rank_chunk(list(profiles), None, [len(self.cands)], params, profile_params, now_ms)[0]]
         lists: list[list[RecommendedItem]] = [[] for _ in profiles]
@@ -371,14 +381,6 @@ class CandidateTable:
                 ]
             )
         return lists
-
-    def _unseen(self, profile: UserProfile, rows: np.ndarray) -> np.ndarray:
-        excluded = set(profile.seen) | set(profile.disliked)
-        if not excluded:
-            return rows
-        ids = self.cands.ids
-        keep = [r for r in rows.tolist() if ids[r] not in excluded]
-        return rows if len(keep) == len(rows) else np.asarray(keep, np.int64)
 
     def score(
         self,
@@ -469,8 +471,10 @@ class Popularity:
             growth = 0.0
         score = self.scores[item_id] = self.scores.get(item_id, 0.0) + weight * math.exp(growth)
         self.langs[item_id] = lang
-        if self._top is not None and (score > self._top or weight < 0):
-            self._top = score if weight > 0 else None
+        if weight < 0:
+            self._top = None  # the maximum may have dropped: recomputed when next asked
+        elif self._top is not None and score > self._top:
+            self._top = score
         if len(self.scores) > self.max_items * 1.2:
             for item in sorted(self.scores, key=self.scores.__getitem__)[: len(self.scores) - self.max_items]:
                 del self.scores[item]

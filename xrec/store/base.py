@@ -165,7 +165,7 @@ class VectorStore(Protocol):
     async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
         """The answers ``query_batch(queries, with_vectors=True)`` gives, as columns, when this backend
         can build them without per-hit objects (the edge store's batched exact search); else None, and
-        the caller uses ``query_batch``. The columns' payload holds the fields every query asks for."""
+        the caller uses ``query_batch``. The columns' payload holds each field any query asks for."""
 
     async def count(self) -> int:
         """Number of items held."""
