@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args, get_type_hints
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 StoreBackend = Literal["edge", "qdrant"]
 LanguagePolicy = Literal["any", "prefer", "only"]
+VectorSpace = Literal["language", "catalog", "raw"]
+LanguageDetection = Literal["off", "missing", "correct"]
 
 DEFAULT_EVENT_WEIGHTS = "view=0.3,click=1.0,like=1.5,add_to_cart=2.0,purchase=3.0,review=1.5,dislike=-1.5,skip=-0.3"
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "qdrant_api_key", "kafka_ssl_key_password"})
@@ -73,6 +75,11 @@ class Settings:
     topic_control: str = _setting("xrec.control", "Control commands such as forget_user.")
     topic_recommendations: str = _setting("xrec.recommendations", "Output lists, keyed by user_id, compacted.")
     topic_dlq: str = _setting("xrec.dlq", "Records that could not be processed, with the reason.")
+    topic_language_stats: str = _setting(
+        "xrec.language-stats",
+        "Per-language item counts and vector sums the neutral space is built from, per store and items partition "
+        "(compacted; shared by the workers of one store, read back after a restart).",
+    )
     partitions: int = _setting(4, "Partitions of the events, recommendations and control topics (the unit of scaling).")
     item_partitions: int = _setting(1, "Partitions of the items topic.")
 
@@ -140,7 +147,8 @@ class Settings:
     # --- user model --------------------------------------------------------------------------
     interests_k: int = _setting(6, "Interest centroids kept per user.")
     interest_threshold: float = _setting(
-        0.75, "Cosine above which an event joins an existing interest instead of starting one."
+        0.1,
+        "Cosine (in the neutral space) above which an event joins an existing interest instead of starting one.",
     )
     half_life_hours: float = _setting(
         336.0, "Half-life of interest weights, in event time (two weeks: chosen on MIND, see EVALUATION.md)."
@@ -157,7 +165,9 @@ class Settings:
     list_length: int = _setting(10, "Items in each published list.")
     candidates_per_interest: int = _setting(50, "Candidates fetched from the store per interest centroid.")
     interest_temperature: float = _setting(
-        20.0, "How sharply a candidate is scored by its best-matching interest (0: mean of interests)."
+        0.0,
+        "How sharply a candidate is scored by its best-matching interest (0: the importance-weighted mean of "
+        "interests, which scored best on the dev data; each interest still queries the store on its own).",
     )
     language_policy: LanguagePolicy = _setting(
         "any", "any, prefer (boost the user's languages) or only (filter to them)."
@@ -169,10 +179,25 @@ class Settings:
     trending_weight: float = _setting(
         0.05, "Score bonus for items clicked a lot recently (decayed clicks relative to the most clicked item)."
     )
-    mmr_lambda: float = _setting(0.8, "MMR trade-off: 1 is pure relevance, lower adds diversity.")
-    catalog_debias: float = _setting(
+    mmr_lambda: float = _setting(
         1.0,
-        "Share of the catalog's mean item vector taken out of each interest before it is matched (0: raw cosine).",
+        "MMR trade-off: 1 is pure relevance, lower adds diversity (every value below 1 cost on-topic precision on the "
+        "dev catalogs: EVALUATION.md, trade-off table).",
+    )
+    query_expansion: int = _setting(
+        20,
+        "Best answers of each interest's store query whose mean is blended into the interest before candidates "
+        "are scored (query expansion; 0: off).",
+    )
+    vector_space: VectorSpace = _setting(
+        "language",
+        "How vectors are compared: language (each item minus its language's mean item vector, so a reader of one "
+        "language gets the best items of every language), catalog (minus the catalog's mean only) or raw (as encoded).",
+    )
+    language_detection: LanguageDetection = _setting(
+        "correct",
+        "Items and reviews without a lang get one identified from their text; correct: also replace a lang the "
+        "identifier confidently contradicts; off: keep what producers send.",
     )
     coalesce_ms: float = _setting(0.0, "Extra wait to coalesce a burst of one user's events into one list.")
 

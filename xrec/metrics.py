@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from xrec import __version__
 from xrec.config import EVENT_TYPES, Settings
 from xrec.events import REASONS
+from xrec.langid import SOURCES as LANGUAGE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 STORE_BACKENDS = ("edge", "qdrant")
 STORE_OPERATIONS = ("ensure_collection", "upsert", "delete", "fetch", "query", "count", "optimize")
+#: What a resolved language was attached to: an item's text, or the text of a review.
+LANGUAGE_KINDS = ("item", "review")
 
 #: The DLQ reason codes (``xrec.events.REASONS``) are pre-registered at zero per topic, so rates
 #: over them start from a known value. Other snake_case codes are accepted too (see ``dlq``).
@@ -150,6 +153,12 @@ class XrecMetrics:
             "owns (read by no one yet, or not finished).",
             ("topic", "partition"),
         )
+        self.languages = self._counter(
+            "xrec_languages_resolved_total",
+            "Item and review texts by where their language came from: label (as sent), identified (none was "
+            "sent), corrected (the label was contradicted by the text) or unknown (none sent, none identified).",
+            ("kind", "source"),
+        )
         self.profiles = self._gauge("xrec_profiles", "User profiles held by this worker.", ())
         self.items_indexed = self._gauge("xrec_items_indexed", "Items in the vector store, as last counted.", ())
         self.lists_published = self._counter(
@@ -178,6 +187,9 @@ class XrecMetrics:
             self.items.labels(outcome=outcome)
         for stage in STAGES:
             self.stage.labels(stage=stage)
+        for kind in LANGUAGE_KINDS:
+            for source in LANGUAGE_SOURCES:
+                self.languages.labels(kind=kind, source=source)
         if store_backend is not None:
             self._check_backend(store_backend)
             for operation in STORE_OPERATIONS:
@@ -239,6 +251,14 @@ class XrecMetrics:
                 log.warning("DLQ reason %r is not a short snake_case code; counted as %s", reason, INVALID_REASON)
             reason = INVALID_REASON
         self.dlq_records.labels(reason=reason, topic=_checked_name("topic", topic)).inc()
+
+    def language_resolved(self, kind: str, source: str) -> None:
+        """Count one item or review text by where its language came from (``xrec.langid.SOURCES``)."""
+        if kind not in LANGUAGE_KINDS or source not in LANGUAGE_SOURCES:
+            raise ValueError(
+                f"language resolution {kind!r}/{source!r} is not one of {LANGUAGE_KINDS}/{LANGUAGE_SOURCES}"
+            )
+        self.languages.labels(kind=kind, source=source).inc()
 
     # --- latency ---------------------------------------------------------------------------------
     @contextmanager

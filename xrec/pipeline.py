@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,16 +26,20 @@ from xrec.events import (
     RecommendationList,
     RecordError,
 )
+from xrec.langid import UNDETERMINED, LanguageResolver
 from xrec.metrics import XrecMetrics
 from xrec.profile import ProfileParams, UserProfile, event_weight, review_vector
 from xrec.ranking import (
     CANDIDATE_PAYLOAD,
-    CatalogCentre,
+    Candidates,
     Popularity,
     RankParams,
     candidate_queries_many,
+    expand_interests,
     rank_many,
+    score_candidates,
 )
+from xrec.space import LOCAL_PART, LanguageSpace, LanguageStats, NeutralSpace
 from xrec.store.base import HitColumns, ItemPoint, VectorQuery, VectorStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class ItemMeta:
+    """An item as the store holds it: its vector as encoded, and its (resolved) language."""
+
     vector: np.ndarray
     lang: str
 
@@ -140,7 +146,8 @@ class Recommender:
         self.weights = settings.weights
         self.cache = ItemCache(settings.item_cache_size)
         self.popularity = Popularity()
-        self.centre = CatalogCentre(self.dim)  # mean of the item vectors seen: ranking de-biases interests by it
+        self.space = LanguageSpace(self.dim, settings.vector_space)
+        self.languages = LanguageResolver(settings.language_detection)
         self.waiting: list[_Waiting] = []
         self.dedup_window = max(16, settings.dedup_window)
 
@@ -148,14 +155,28 @@ class Recommender:
         await self.store.ensure_collection(self.dim)
 
     # --- items -------------------------------------------------------------------------------
-    async def handle_items(self, records: Sequence[ItemRecord]) -> ItemBatchResult:
-        """Encode every text item of the batch in one pass, then upsert and delete in one call each."""
+    async def handle_items(
+        self,
+        records: Sequence[ItemRecord],
+        part: str = LOCAL_PART,
+        *,
+        counted: bool = False,
+        before_store: Callable[[LanguageStats], Awaitable[None]] | None = None,
+    ) -> ItemBatchResult:
+        """Encode every text item of the batch in one pass, then upsert and delete in one call each.
+
+        Each item's language is resolved (``xrec.langid``), and the language statistics of ``part``
+        follow the batch: an upserted item counts under its language in place of its previous version,
+        a deleted one stops counting. ``before_store`` receives the part's new statistics before the
+        store is written, so a caller that persists them there first can tell after a crash which
+        records were ``counted`` already (their statistics are then left as they are).
+        """
         result = ItemBatchResult()
         latest: dict[str, ItemRecord] = {}
         for record in records:  # the last record of an id in the batch wins, as in the topic
             latest.pop(record.item_id, None)
             latest[record.item_id] = record
-        upserts = [r for r in latest.values() if isinstance(r, ItemUpsert)]
+        upserts = [self._resolve_language(r) for r in latest.values() if isinstance(r, ItemUpsert)]
         deletes = [r.item_id for r in latest.values() if isinstance(r, ItemDelete)]
         points: list[ItemPoint] = []
         to_encode = [u for u in upserts if u.vector is None]
@@ -178,12 +199,18 @@ class Recommender:
                     result.rejected.append(Rejected(u, error))
                     continue
                 points.append(ItemPoint(u.item_id, u.vector, u.payload()))
+        metas = {p.item_id: ItemMeta(np.asarray(p.vector, np.float32), str(p.payload["lang"])) for p in points}
+        if not counted and (metas or deletes):
+            with self._stage("query"):
+                previous = await self._item_meta(set(metas) | set(deletes))  # what the statistics count now
+            self._count_languages(part, previous, metas)
+        if before_store is not None:
+            await before_store(self.space.part(part))
         if points:
             with self._store_op("upsert"):
                 await self.store.upsert(points)
-            self.centre.add(np.asarray([p.vector for p in points], np.float32))
             for p in points:
-                self.cache.put(p.item_id, ItemMeta(np.asarray(p.vector, np.float32), str(p.payload.get("lang", "und"))))
+                self.cache.put(p.item_id, metas[p.item_id])
                 if not p.payload.get("available", True):
                     self.popularity.discard(p.item_id)  # queries filter it out; the cold-start list must too
         if deletes:
@@ -194,6 +221,22 @@ class Recommender:
                 self.popularity.discard(item_id)
         result.upserted, result.deleted = len(points), len(deletes)
         return result
+
+    def _resolve_language(self, item: ItemUpsert) -> ItemUpsert:
+        """The item with the language its label and text resolve to (counted in metrics by source)."""
+        resolved = self.languages.resolve(None if item.lang == UNDETERMINED else item.lang, item.text)
+        if self.metrics:
+            self.metrics.language_resolved("item", resolved.source)
+        return item if resolved.lang == item.lang else replace(item, lang=resolved.lang)
+
+    def _count_languages(self, part: str, previous: dict[str, ItemMeta], now: dict[str, ItemMeta]) -> None:
+        """Move the part's statistics from the items' previous versions to their new ones."""
+        for sign, metas in ((-1, previous), (1, now)):
+            by_lang: dict[str, list[np.ndarray]] = {}
+            for meta in metas.values():
+                by_lang.setdefault(meta.lang, []).append(meta.vector)
+            for lang, vectors in by_lang.items():
+                self.space.count(part, lang, np.stack(vectors), sign)
 
     # --- events ------------------------------------------------------------------------------
     async def handle_events(self, events: Sequence[Interaction], profiles: ProfileTable) -> EventBatchResult:
@@ -215,7 +258,8 @@ class Recommender:
             else:
                 self.waiting.append(_Waiting(event, waiting_since.get(id(event), now)))
         result.waiting = len(self.waiting)
-        texts = await self._encode_reviews(ready)
+        space = self.space.view()
+        texts = await self._encode_reviews(ready, space)
 
         profiles_now: dict[str, UserProfile] = {}
         triggers: dict[str, Interaction] = {}  # the latest processed event of each changed user
@@ -223,11 +267,11 @@ class Recommender:
             for event in ready:
                 profile = profiles_now.get(event.user_id)
                 if profile is None:
-                    profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode())
+                    profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode(), space)
                 if not profile.remember_event(event.event_id, self.dedup_window):
                     result.duplicates.append(event)
                     continue
-                self._apply(profile, event, known[event.item_id], texts.get(event.event_id))
+                self._apply(profile, event, known[event.item_id], texts.get(event.event_id), space)
                 triggers[event.user_id] = event
                 result.processed.append(event)
             for user_id in triggers:
@@ -250,14 +294,14 @@ class Recommender:
         """Lists for many users: one batched store query for all their interests, then ranking for
         all of them at once."""
         now = self.clock_ms()
-        centre = self.centre.vector
+        space = self.space.view()
         warm = [u for u, p in users.items() if p.has_interests]
-        columns, spans = await self._search([users[u] for u in warm], centre)
+        columns, spans = await self._search([users[u] for u in warm], space)
         lists: list[RecommendationList] = []
         with self._stage("rank"):
             trend = self.popularity.trend(columns.item_ids) if self.rank_params.trending_weight else None
             profiles = [users[u] for u in warm]
-            ranked = rank_many(profiles, columns, spans, self.rank_params, self.profile_params, int(now), trend, centre)
+            ranked = rank_many(profiles, columns, spans, self.rank_params, self.profile_params, int(now), trend, space)
             for user_id, items in zip(warm, ranked, strict=True):
                 lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))
             for user_id, profile in users.items():
@@ -268,13 +312,27 @@ class Recommender:
                     lists.append(self._list(user_id, trigger, STRATEGY_POPULAR, items, now))
         return lists
 
+    async def relevance(self, profile: UserProfile, cands: Candidates, now_ms: int) -> np.ndarray:
+        """The served relevance score of any candidates for one profile (what ``recommend`` scores before
+        MMR), its interests expanded by their own store queries' answers as ``recommend`` expands them.
+        For evaluations: what they measure is what is served."""
+        space = self.space.view()
+        params = self.rank_params
+        if params.query_expansion and profile.has_interests:
+            columns, spans = await self._search([profile], space)
+            neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
+            [profile] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
+        trend = self.popularity.trend(cands.ids) if params.trending_weight else None
+        scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space)
+        return scores
+
     async def _search(
-        self, profiles: list[UserProfile], centre: np.ndarray | None
+        self, profiles: list[UserProfile], space: NeutralSpace
     ) -> tuple[HitColumns, list[tuple[int, int]]]:
         """The candidates of some users from one store call, and which queries are whose."""
         queries: list[VectorQuery] = []
         spans: list[tuple[int, int]] = []
-        for qs in candidate_queries_many(profiles, self.rank_params, centre):
+        for qs in candidate_queries_many(profiles, self.rank_params, space):
             spans.append((len(queries), len(queries) + len(qs)))
             queries += qs
         return await self._candidate_columns(queries), spans
@@ -295,24 +353,38 @@ class Recommender:
             metas = await self._item_meta({h.item_id for per_query in hits for h in per_query})
         return HitColumns.from_hits(hits, self.dim, CANDIDATE_PAYLOAD, {i: m.vector for i, m in metas.items()})
 
-    def _apply(self, profile: UserProfile, event: Interaction, meta: ItemMeta, text_vec: np.ndarray | None) -> None:
+    def _apply(
+        self,
+        profile: UserProfile,
+        event: Interaction,
+        meta: ItemMeta,
+        text_vec: np.ndarray | None,
+        space: NeutralSpace,
+    ) -> None:
         weight = event_weight(event.type, event.rating, self.weights)
+        item_vec = space.neutral(meta.vector, [meta.lang])[0]
         vector = (
-            review_vector(meta.vector, text_vec, self.settings.review_text_weight)
-            if event.type == "review"
-            else meta.vector
+            review_vector(item_vec, text_vec, self.settings.review_text_weight) if event.type == "review" else item_vec
         )
         now_ms = int(self.clock_ms())
         ts = min(event.ts, now_ms + 60_000)  # a producer clock far ahead must not freeze decay
         disliked = event.type == "dislike" or (event.type == "review" and weight < 0)
-        self.centre.add(meta.vector)  # every worker sees events, not every one indexes items
         profile.observe(vector, weight, ts, event.item_id, meta.lang, self.profile_params, dislike=disliked)
         if weight > 0:
             self.popularity.add(event.item_id, meta.lang, ts, weight)
 
-    def _load(self, profiles: ProfileTable, key: bytes) -> UserProfile:
+    def load_profile(self, profiles: ProfileTable, user_id: str) -> UserProfile:
+        """A user's profile as the engine would use it now (empty if none)."""
+        return self._load(profiles, user_id.encode(), self.space.view())
+
+    def _load(self, profiles: ProfileTable, key: bytes, space: NeutralSpace) -> UserProfile:
         raw = profiles.get(key)
-        return UserProfile.from_bytes(raw) if raw else UserProfile(dim=self.dim)
+        if not raw:
+            return UserProfile(dim=self.dim, neutral=space.active)
+        profile = UserProfile.from_bytes(raw)
+        if not profile.neutral:  # built while the space was not yet active (or by an older xrec): as encoded
+            profile.move_to(space)
+        return profile
 
     async def _item_meta(self, item_ids: set[str]) -> dict[str, ItemMeta]:
         found: dict[str, ItemMeta] = {}
@@ -332,13 +404,21 @@ class Recommender:
                 found[item_id] = meta
         return found
 
-    async def _encode_reviews(self, events: Sequence[Interaction]) -> dict[str, np.ndarray]:
+    async def _encode_reviews(self, events: Sequence[Interaction], space: NeutralSpace) -> dict[str, np.ndarray]:
+        """Review texts as neutral vectors, each centred by the language it is written in."""
         reviews = [e for e in events if e.type == "review" and e.text]
         if not reviews or self.encoder is None:
             return {}
+        langs = []
+        for review in reviews:
+            resolved = self.languages.resolve(review.lang, review.text or "")
+            if self.metrics:
+                self.metrics.language_resolved("review", resolved.source)
+            langs.append(resolved.lang)
         with self._stage("encode"):
             vectors = await self.encoder.encode_many([e.text or "" for e in reviews], kind="query")
-        return {e.event_id: v for e, v in zip(reviews, vectors, strict=True)}
+        neutral = space.neutral(vectors, langs)
+        return {e.event_id: v for e, v in zip(reviews, neutral, strict=True)}
 
     def _list(
         self, user_id: str, trigger: Interaction | None, strategy: str, items: list, now: float

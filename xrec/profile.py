@@ -19,6 +19,8 @@ import numpy as np
 import orjson
 
 from xrec.config import Settings
+from xrec.langid import UNDETERMINED
+from xrec.space import NeutralSpace
 
 K = TypeVar("K", str, bytes)
 
@@ -63,6 +65,9 @@ class UserProfile:
     event_ids: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # 8-byte event fingerprints
     last_ts: int = 0
     events: int = 0
+    #: Interests and dislikes are in the neutral space (``xrec.space``). Profiles written before it
+    #: existed hold raw encoder vectors; the engine moves them when it loads one.
+    neutral: bool = True
 
     def __post_init__(self) -> None:
         if self.centroids.size == 0:
@@ -95,6 +100,18 @@ class UserProfile:
         return list(self.seen) + [i for i in self.disliked if i not in self.seen]
 
     # --- updating ----------------------------------------------------------------------------
+    def move_to(self, space: NeutralSpace) -> None:
+        """Carry a profile of raw encoder vectors into the neutral space. Which language each interest
+        came from is not kept, so its language offsets are projected out (``NeutralSpace.neutral``)."""
+        if not space.active:
+            return
+        if len(self.centroids):
+            self.centroids = space.neutral(self.centroids, [UNDETERMINED] * len(self.centroids))
+        if self.negative is not None:
+            norm = float(np.linalg.norm(self.negative))
+            self.negative = space.neutral(self.negative, [UNDETERMINED])[0] * np.float32(norm)
+        self.neutral = True
+
     def remember_event(self, event_id: str, window: int) -> bool:
         """Record an event id; False if it was already seen (a redelivery to absorb).
 
@@ -215,6 +232,7 @@ class UserProfile:
                 "t": self.last_ts,
                 "e": self.events,
                 "n": self.negative is not None,
+                "sp": 1 if self.neutral else 0,
             }
         )
         parts = [_HEADER.pack(_MAGIC, 1, self.dim, len(meta)), meta, self.centroids.astype("<f4").tobytes()]
@@ -250,6 +268,7 @@ class UserProfile:
             languages=dict(meta["l"]),
             last_ts=int(meta["t"]),
             events=int(meta["e"]),
+            neutral=bool(meta.get("sp", 0)),
         )
 
 

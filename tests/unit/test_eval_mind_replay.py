@@ -168,9 +168,11 @@ def test_topic_matched_candidates_outrank_the_rest_for_xrec_and_mean_of_history(
 
 
 def test_a_user_with_two_interests_gets_either_interest_ranked_above_a_blend_of_both(data_dir: Path) -> None:
-    """Mean-of-history points between the two topics and prefers the blend; the interests do not."""
+    """Mean-of-history points between the two topics and prefers the blend; with a temperature above 0 the
+    interests do not (at 0, the default, xrec scores the importance-weighted mean of interests too)."""
     path = write_behaviors(data_dir / "b.tsv", [("1", "U1", at(1), "H1 H4 H2 H5 H3 H6", "CM-0 C1-1 C2-1")])
-    out = replay(data_dir, path, "zh-zh")
+    attentive = Settings(interest_temperature=20.0, interest_threshold=0.75, query_expansion=0, trending_weight=0.0)
+    out = replay(data_dir, path, "zh-zh", attentive)
     assert out.metrics["xrec"]["auc"] == [1.0]
     assert out.metrics["mean-of-history"]["auc"] == [0.0]
 

@@ -25,6 +25,7 @@ from xrec.ranking import (
     rank_many,
     score_candidates,
 )
+from xrec.space import LanguageSpace
 from xrec.store.base import Hit, HitColumns
 
 pytestmark = pytest.mark.unit
@@ -285,9 +286,12 @@ def test_ranking_a_batch_of_users_gives_each_the_list_ranking_them_alone_gives()
         scores=[np.zeros(len(answer), np.float32) for answer in per_query],
     )
     trend = {f"c{i}": i / 40 for i in range(40)}
-    centre = vectors.mean(axis=0)
+    space = LanguageSpace(DIM, min_items=10)
+    for i in range(40):
+        space.count("p", langs[i % 4], vectors[i])
+    view = space.view()
     params = replace(RP, mmr_lambda=0.7, language_policy="prefer", freshness_weight=0.1, trending_weight=0.05)
-    together = rank_many(users, columns, spans, params, PP, T0, trend, centre)
+    together = rank_many(users, columns, spans, params, PP, T0, trend, view)
     for profile, (start, stop), got in zip(users, spans, together, strict=True):
         rows = list(dict.fromkeys(int(r) for answer in columns.per_query[start:stop] for r in answer))
         alone = Candidates(
@@ -296,7 +300,7 @@ def test_ranking_a_batch_of_users_gives_each_the_list_ranking_them_alone_gives()
             langs=[langs[r % 4] for r in rows],
             ts=np.asarray([T0 - r * HOUR for r in rows], np.int64),
         )
-        want = rank(profile, alone, params, PP, T0, trend, centre)
+        want = rank(profile, alone, params, PP, T0, trend, view)
         assert ids_of(got) == ids_of(want) and len(got) == params.list_length
         np.testing.assert_allclose([i.score for i in got], [i.score for i in want], rtol=1e-5)
         assert [i.because for i in got] == [i.because for i in want]

@@ -5,7 +5,7 @@ What it does per event, awaiting each step before the next: read one record (aio
 where profiles are JSON with vectors as lists of floats; fetch the item's vector from the store (one
 call, no cache); update the profile with the same user model (``UserProfile.observe``); write the
 profile back as JSON; run the user's candidate queries (one batched store call) and rank them with
-the same ranking code (``xrec.ranking.rank``); publish the list with ``send_and_wait`` (one send per
+the same ranking code (``xrec.ranking.rank_many`` for one user); publish the list with ``send_and_wait`` (one send per
 event, no batching, no coalescing). Offsets are auto-committed every second, as the Faust worker
 commits on an interval, and the profile table has no changelog (the worker writes one): both choices
 favour the baseline. Same store backend and data as the worker (a copy of its store directory).
@@ -30,8 +30,8 @@ import orjson
 from xrec.config import Settings
 from xrec.events import Interaction, Limits, RecommendationList, RecordError, parse_event
 from xrec.profile import ProfileParams, UserProfile, event_weight
-from xrec.ranking import Candidates, Popularity, RankParams, candidate_queries, rank
-from xrec.store.base import VectorStore
+from xrec.ranking import CANDIDATE_PAYLOAD, Popularity, RankParams, candidate_queries, rank_many
+from xrec.store.base import HitColumns, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,13 @@ class NaiveEngine:
         self.counts.processed += 1
         now = self.clock_ms()
         if profile.has_interests:
-            hits = await self.store.query_batch(candidate_queries(profile, self.rank_params), with_vectors=True)
-            cands = Candidates.from_hits([h for per_query in hits for h in per_query], self.dim)
-            trend = self.popularity.trend(cands.ids) if self.rank_params.trending_weight else None
-            items = rank(profile, cands, self.rank_params, self.profile_params, int(now), trend)
+            queries = candidate_queries(profile, self.rank_params)
+            hits = await self.store.query_batch(queries, with_vectors=True)
+            columns = HitColumns.from_hits(hits, self.dim, CANDIDATE_PAYLOAD)
+            trend = self.popularity.trend(columns.item_ids) if self.rank_params.trending_weight else None
+            [items] = rank_many(
+                [profile], columns, [(0, len(queries))], self.rank_params, self.profile_params, int(now), trend
+            )
             strategy = "multi-interest"
         else:
             langs = [event.lang] if event.lang else []
