@@ -5,6 +5,10 @@ worker, so each such worker must index every item; its consumer group is named a
 (``<app>-items-<store id>``), which also keeps the group's committed offsets in step with what that
 store holds. Workers sharing one Qdrant server share one group, so each item is indexed once.
 Offsets are committed only after the batch is in the store (at-least-once; upserts are idempotent).
+
+The indexer also counts the language statistics of the partitions it owns and publishes them before it
+writes the store (``streams/language_stats.py``): records up to the published offset are counted
+already, so reading them again after a crash re-writes the store but leaves the statistics alone.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from streams.language_stats import LanguageStatsFollower, part_key
 from streams.runtime import Runtime
 from xrec.config import Settings
 from xrec.events import ItemRecord, RecordError, parse_item
 from xrec.kafka import aiokafka_kwargs
+from xrec.pipeline import ItemBatchResult
+from xrec.space import CountedStats, LanguageStats
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,16 @@ class ItemIndexer:
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         self.runtime = runtime
         self.bootstrap = bootstrap
+        self.group = items_group_id(runtime.settings)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.stats = LanguageStatsFollower(
+            runtime.recommender.space,
+            runtime.topics.language_stats,
+            self.group,
+            aiokafka_kwargs(runtime.settings, bootstrap),
+        )
+        self.counted_through: dict[TopicPartition, int] = {}  # per owned partition: last offset the statistics count
         self._lag_partitions: set[Any] = set()
         self._lag_reported_at = 0.0
 
@@ -50,8 +65,7 @@ class ItemIndexer:
         settings = rt.settings
         kwargs = aiokafka_kwargs(settings, self.bootstrap)
         self.consumer = AIOKafkaConsumer(
-            rt.topics.items,
-            group_id=items_group_id(settings),
+            group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.batch_size,
@@ -59,9 +73,12 @@ class ItemIndexer:
         )
         self.producer = AIOKafkaProducer(linger_ms=5, **kwargs)
         await self.producer.start()
-        await self.consumer.start()
+        follower = asyncio.ensure_future(self.stats.run())
         await rt.ensure_started()
-        log.info("indexing items from %s (group %s)", rt.topics.items, items_group_id(settings))
+        await self.stats.caught_up.wait()  # a partition's statistics continue from what was published
+        self.consumer.subscribe([rt.topics.items], listener=_TakeOverStatistics(self))
+        await self.consumer.start()
+        log.info("indexing items from %s (group %s)", rt.topics.items, self.group)
         try:
             while True:
                 batches = await self.consumer.getmany(timeout_ms=int(settings.batch_within_ms) or 1)
@@ -73,10 +90,21 @@ class ItemIndexer:
                     rt.items_caught_up = await self._caught_up()
                 await self._report_lag()
         finally:
+            follower.cancel()
             await self.consumer.stop()
             await self.producer.stop()
 
     async def index(self, messages: list[Any]) -> None:
+        """One polled batch, partition by partition (each partition's statistics are a part of their own)."""
+        by_partition: dict[TopicPartition, list[Any]] = {}
+        for message in messages:
+            by_partition.setdefault(TopicPartition(message.topic, message.partition), []).append(message)
+        for tp, part in by_partition.items():
+            await self._index_partition(tp, part)
+        with self.runtime.metrics.observe_store("count", self.runtime.store.name):
+            self.runtime.metrics.set_items_indexed(await self.runtime.store.count())
+
+    async def _index_partition(self, tp: TopicPartition, messages: list[Any]) -> None:
         rt = self.runtime
         records: list[ItemRecord] = []
         sources: dict[int, Any] = {}
@@ -89,20 +117,41 @@ class ItemIndexer:
                     continue
                 records.append(record)
                 sources[id(record)] = message
+        key = part_key(self.group, tp.partition)
+        through = self.counted_through.get(tp, -1)
+        last = messages[-1].offset
+        counted = [r for r in records if sources[id(r)].offset <= through]  # read again after a crash
+        fresh = [r for r in records if sources[id(r)].offset > through]
+        before = rt.recommender.space.part(key)
+
+        async def publish(stats: LanguageStats) -> None:
+            assert self.producer is not None
+            await self.producer.send_and_wait(
+                rt.topics.language_stats, key=key.encode(), value=CountedStats(stats, last).to_bytes()
+            )
+
+        added = ItemBatchResult()
         try:
             async with rt.engine_lock:
-                result = await rt.recommender.handle_items(records)
+                if counted:
+                    added = await rt.recommender.handle_items(counted, key, counted=True)
+                result = await rt.recommender.handle_items(fresh, key, before_store=publish)
         except Exception as exc:
             log.exception("item batch of %d failed; sending it to the DLQ", len(records))
+            rt.recommender.space.set_part(key, before)  # dead-lettered records are not in the catalog
+            await publish(before)
             for record in records:
                 await self._dead_letter(sources[id(record)], "processing_error", repr(exc), type(exc).__name__)
             return
+        finally:
+            self.counted_through[tp] = last
+        result.upserted += added.upserted
+        result.deleted += added.deleted
+        result.rejected += added.rejected
         rt.metrics.item("upserted", result.upserted)
         rt.metrics.item("deleted", result.deleted)
         for rejected in result.rejected:
             await self._dead_letter(sources[id(rejected.record)], rejected.error.reason, rejected.error.message)
-        with rt.metrics.observe_store("count", rt.store.name):
-            rt.metrics.set_items_indexed(await rt.store.count())
 
     async def _dead_letter(self, message: Any, reason: str, error: str, exception: str = "RecordError") -> None:
         rt = self.runtime
@@ -140,6 +189,23 @@ class ItemIndexer:
         ends = await self.consumer.end_offsets(list(assignment))
         positions = {tp: await self.consumer.position(tp) for tp in assignment}
         return all(positions[tp] >= ends[tp] for tp in assignment)
+
+
+class _TakeOverStatistics(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions that move: their statistics parts move with them (``LanguageStatsFollower``)."""
+
+    def __init__(self, indexer: ItemIndexer) -> None:
+        self.indexer = indexer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.indexer.stats.let_go(part_key(self.indexer.group, tp.partition))
+            self.indexer.counted_through.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            key = part_key(self.indexer.group, tp.partition)
+            self.indexer.counted_through[tp] = self.indexer.stats.take_over(key)
 
 
 def start_indexer(runtime: Runtime, bootstrap: str) -> asyncio.Task[None]:

@@ -16,6 +16,7 @@ class TopicNames:
     control: str
     recommendations: str
     dlq: str
+    language_stats: str  # the neutral space's statistics, per store and items partition (compacted)
 
     @classmethod
     def from_settings(cls, s: Settings) -> TopicNames:
@@ -26,6 +27,7 @@ class TopicNames:
             control=s.topic_control,
             recommendations=s.topic_recommendations,
             dlq=s.topic_dlq,
+            language_stats=s.topic_language_stats,
         )
 
 
@@ -40,4 +42,5 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(names.control, s.partitions),
         TopicSpec(names.recommendations, s.partitions, compacted=True),
         TopicSpec(names.dlq, 1),
+        TopicSpec(names.language_stats, 1, compacted=True),
     ]

@@ -460,7 +460,7 @@ class Bench:
             "XREC_WEB_PORT": str(free_port()),
             **{
                 f"XREC_TOPIC_{t.upper()}": f"bench-{tag}.{t}"
-                for t in ("items", "events", "control", "recommendations", "dlq")
+                for t in ("items", "events", "control", "recommendations", "dlq", "language_stats")
             },
         }
         return Settings.from_env({**os.environ, **env}), env
@@ -519,10 +519,31 @@ class Bench:
 
         search: list[str] = []
         loaded, optimized = run_async(load())
+        self.publish_language_stats(first, catalog)
         for name in names[1:]:
             other, _ = self.worker_settings(name)
             shutil.copytree(first.store_dir, other.store_dir)
         return {"load_s": loaded, "optimize_s": optimized, "search": search[0]}
+
+    def publish_language_stats(self, settings: Settings, catalog: Catalog) -> None:
+        """What an indexer would have published for this catalog: the statistics of the neutral space
+        (``streams/language_stats.py``), so the worker ranks in it as it would after indexing the items."""
+        from streams.items import items_group_id
+        from streams.language_stats import part_key
+        from xrec.space import CountedStats, LanguageStats
+
+        stats = LanguageStats(catalog.dim)
+        langs = np.asarray(catalog.langs)
+        for start in range(0, len(catalog), 10_000):
+            stop = min(len(catalog), start + 10_000)
+            vectors = catalog.vectors(start, stop)
+            for lang in np.unique(langs[start:stop]):
+                stats.add(str(lang), vectors[langs[start:stop] == lang])
+        self.topics_for(settings)
+        key = part_key(items_group_id(settings), 0).encode()
+        run_async(
+            produce(self.kafka_kwargs, settings.topic_language_stats, [(key, CountedStats(stats, -1).to_bytes())])
+        )
 
     def topics_for(self, settings: Settings) -> None:
         from streams.app import prepare_topics
