@@ -15,6 +15,7 @@ from xrec.commands import print_json
 EVALUATIONS = {
     "align": "cross-lingual alignment: accuracy@1 of translation retrieval on a Tatoeba-format file",
     "mind": "recommendation quality on MIND/xMIND clicks (AUC, MRR, nDCG) against baselines",
+    "crosslingual": "readers of one language, judged on topic and language mix, on a multilingual catalog with topics",
 }
 
 

@@ -248,9 +248,6 @@ class Replay:
         self.out.events += len(result.processed)
 
     async def _score(self, case: Case) -> None:
-        from xrec.profile import UserProfile
-        from xrec.ranking import score_candidates
-
         imp = case.impression
         user = imp.user_id
         await self._index([k for k in case.history if k not in self.indexed], available=False, ts=0)
@@ -262,14 +259,11 @@ class Replay:
         await self._events(user, history)  # a returning user's history is absorbed as redelivered
         if user in self.impression_clickers:
             self.out.impression_clicks_in_profile += 1
-        profile = UserProfile.from_bytes(self.profiles[user.encode()])
+        profile = self.rec.load_profile(self.profiles, user)
         self.out.candidates_in_own_history += sum(k in profile.seen for k in case.candidates)
 
         cands = await self._candidates(list(case.candidates))
-        rank_params, profile_params = self.rec.rank_params, self.rec.profile_params
-        trend = self.rec.popularity.trend(cands.ids) if rank_params.trending_weight else None
-        centre = self.rec.centre.vector  # as Recommender.recommend passes it to rank
-        xrec_scores, _ = score_candidates(profile, cands, rank_params, profile_params, imp.ts, trend, centre)
+        xrec_scores = await self.rec.relevance(profile, cands, imp.ts)
         mean_vec = self._mean_of_history(user)
         scores = {
             "random": self.rng.random(len(cands)),
@@ -397,31 +391,9 @@ def needed_items(
 
 def item_vectors(settings: Settings, keys: list[str], catalog: Catalog) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Vectors of the items from the on-disk cache; the encoder is loaded only if some are missing."""
-    from xrec.eval.vector_cache import VectorCache
+    from xrec.eval.vector_cache import encoded_vectors
 
-    began = time.perf_counter()
-    cache = VectorCache.for_settings(settings, kind="passage")
-    encoder: Any = None
-
-    def encode(texts: list[str]) -> np.ndarray:
-        nonlocal encoder
-        if encoder is None:
-            from xrec.encoder import TextEncoder
-
-            encoder = TextEncoder(settings=settings)
-            log.info("encoding item texts with %s on %s", encoder.model_name, encoder.device)
-        return encoder.encode(texts, kind="passage")
-
-    texts = [news_of(k, catalog).text for k in keys]
-    matrix, encoded = cache.vectors(texts, encode)
-    info = {
-        "texts": len(texts),
-        "encoded_now": encoded,
-        "from_cache": len(texts) - encoded,
-        "cache_dir": str(cache.directory),
-        "device": str(encoder.device) if encoder is not None else "not loaded (all cached)",
-        "seconds": round(time.perf_counter() - began, 2),
-    }
+    matrix, info = encoded_vectors(settings, [news_of(k, catalog).text for k in keys])
     return dict(zip(keys, matrix, strict=True)), info
 
 
@@ -474,7 +446,7 @@ def ranking_settings(settings: Settings) -> dict[str, Any]:
         "freshness_weight",
         "trending_weight",
         "mmr_lambda",
-        "catalog_debias",
+        "vector_space",
         "list_length",
         "candidates_per_interest",
     )

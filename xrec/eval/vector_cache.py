@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,3 +137,35 @@ class VectorCache:
         if len(rows) != len(texts):
             raise RuntimeError(f"vector cache {self.directory}: {len(texts) - len(rows)} texts still have no vector")
         return (np.vstack(rows) if rows else np.zeros((0, 0), np.float32)), len(missing)
+
+
+def encoded_vectors(
+    settings: Settings, texts: Sequence[str], kind: str = "passage"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Vectors of ``texts`` from the on-disk cache; the encoder is loaded only if some are missing.
+
+    Returns the matrix and what it took (texts, how many were encoded now, device, seconds).
+    """
+    began = time.perf_counter()
+    cache = VectorCache.for_settings(settings, kind=kind)
+    encoder: Any = None
+
+    def encode(batch: list[str]) -> np.ndarray:
+        nonlocal encoder
+        if encoder is None:
+            from xrec.encoder import TextEncoder
+
+            encoder = TextEncoder(settings=settings)
+            log.info("encoding %d texts with %s on %s", len(texts), encoder.model_name, encoder.device)
+        return encoder.encode(batch, kind=kind)  # type: ignore[arg-type]
+
+    matrix, encoded = cache.vectors(texts, encode)
+    info = {
+        "texts": len(texts),
+        "encoded_now": encoded,
+        "from_cache": len(texts) - encoded,
+        "cache_dir": str(cache.directory),
+        "device": str(encoder.device) if encoder is not None else "not loaded (all cached)",
+        "seconds": round(time.perf_counter() - began, 2),
+    }
+    return matrix, info
