@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.integration.conftest import WorkerEnv, WorkerProcess, lists_for
@@ -159,3 +160,34 @@ def test_a_missing_wrong_or_unknown_lang_is_resolved_and_never_stops_the_worker(
     assert worker.proc.poll() is None
     dlq = worker_env.consume(worker_env.topics["dlq"], lambda ms: len(ms) >= 1, timeout_s=30)
     assert [m.key for m in dlq] == [b"bad-tag"]
+
+
+def test_a_restarted_worker_ranks_in_the_neutral_space_it_had_without_indexing_again(worker_env: WorkerEnv) -> None:
+    """The statistics come back from the compacted topic: no item is read again after the restart, yet the
+    first list crosses languages (with no statistics the space would be off and lists would not cross)."""
+    from xrec.space import CountedStats
+
+    dim = 64
+    rng = np.random.default_rng(3)
+    langs, topics = ("en", "zh"), 4
+    catalog = []
+    for t in range(topics):
+        for li, lang in enumerate(langs):
+            for n in range(40):
+                v = np.zeros(dim)
+                v[0], v[1 + li], v[4 + t] = 1.0, 0.6, 0.35  # shared, language, topic
+                v += rng.normal(0, 0.05, dim)
+                catalog.append({"item_id": f"{lang}-{t}-{n}", "title": "x", "lang": lang, "vector": v.tolist()})
+    args = ("--no-encoder", "--dim", str(dim))
+    worker = worker_env.start_worker(*args)
+    index(worker_env, worker, catalog)
+    stats_msgs = worker_env.consume(worker_env.topics["language_stats"], lambda ms: len(ms) >= 1, timeout_s=30)
+    latest = CountedStats.from_bytes(stats_msgs[-1].value)
+    assert latest.stats.counts == {"en": 160, "zh": 160} and latest.through == len(catalog) - 1
+    worker.stop()
+
+    again = worker_env.start_worker(*args)
+    items = read_list(worker_env, "returning", ["zh-0-0", "zh-0-1", "zh-0-2"])
+    assert again.metric("xrec_items_total") == 0, "the restarted worker read items again"
+    assert all(i.split("-")[1] == "0" for i in items), items
+    assert sum(i.startswith("en-") for i in items) >= 2, items  # as encoded, the list stays in Mandarin
