@@ -1,36 +1,50 @@
-"""Faust agents: thin wiring from Kafka records to ``xrec.pipeline.Recommender`` calls.
+"""The event side of a worker: events and control records in, profiles and lists out.
 
-One agent reads the events topic, the re-keyed events topic and the control topic together, so
-Faust co-partitions them with the profile table: a user's events, their profile and their
-``forget_user`` are always handled by the same worker. It takes records in batches; the engine
-does one encoder pass, one store fetch and one batched store query per batch.
+Reading and processing are apart. The Faust agent reads the events, re-keyed events and control
+topics (without acking) and puts each record in the feed (``streams/feed.py``); the batch loop takes
+whatever has arrived as soon as it is free, so at low load an event waits for nothing but its own
+processing. A batch is decoded and routed, run through the engine under the engine lock, and its lists
+sent; what it wrote (profile changelog, lists, DLQ records, re-keyed events) is then tracked until
+Kafka has all of it, while the loop already runs the next batch. The offset ledger
+(``streams/offsets.py``) acks each message once its batch is delivered, in offset order, never past an
+event that waits for its item.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+import orjson
 from faust.streams import Stream
 from faust.types import StreamT, TableT
 
+from streams.dlq import DeadLetters, DeadSource
+from streams.feed import EventFeed
+from streams.offsets import OffsetLedger
 from streams.runtime import Runtime
-from streams.tables import InFlight, ProfileTable
+from streams.tables import ProfileTable
 from xrec.events import ForgetUser, Interaction, RecordError, parse_control, parse_event
 from xrec.pipeline import EventBatchResult
 
 log = logging.getLogger(__name__)
 
+#: Events the feed holds before the agent waits (and Faust stops fetching), in batches.
+FEED_BATCHES = 4
+#: Batches between "applied" and "published": the next batch is applied while the last one's lists are
+#: built, so the store search (off the event loop, numpy without the GIL) overlaps the loop's own work.
+PIPELINE_DEPTH = 4
 
-def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
+
+def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> EventPipeline:
     topics = runtime.topics
-    settings = runtime.settings
     source = app.topic(
         topics.events,
         topics.events_by_user,
@@ -40,28 +54,36 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
         key_serializer="raw",
         value_serializer="raw",
     )
-    by_user = app.topic(
-        topics.events_by_user, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    pipeline = EventPipeline(
+        app,
+        runtime,
+        profiles,
+        raw_topic(topics.events_by_user),
+        raw_topic(topics.recommendations),
+        raw_topic(topics.dlq),
     )
-    recommendations = app.topic(
-        topics.recommendations, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
-    dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    handler = EventBatchHandler(runtime, profiles, by_user, recommendations, dlq)
 
     @app.agent(source, name="xrec.process-events")
-    async def process_events(stream: StreamT) -> None:
+    async def read_events(stream: StreamT) -> None:
+        """Read, never ack: the batch loop acks through the ledger once a batch's writes are in Kafka."""
         await runtime.ensure_started()
-        async for batch in cast(Stream, stream).take_events(
-            settings.event_batch_size, within=settings.batch_within_ms / 1000.0
-        ):
-            await handler.handle(batch)
+        async for event in cast(Stream, stream).noack().events():
+            await pipeline.feed.put(event, time.time() - event.message.timestamp)
+
+    @app.task
+    async def run_event_batches() -> None:
+        await runtime.ensure_started()
+        await pipeline.run()
 
     @app.timer(interval=1.0, name="xrec.retry-waiting-events")
     async def retry_waiting_events() -> None:
         """Events waiting for their item are retried even when no new events arrive."""
-        if runtime.started and runtime.recommender.waiting:
-            await handler.retry_waiting()
+        if runtime.started and len(runtime.recommender.waiting):
+            await pipeline.retry_waiting()
 
     @app.task
     async def give_up_held_when_leaving() -> None:
@@ -69,32 +91,63 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
         acked, so the held ones are given up (read again from the committed offset by their next owner)."""
         while True:
             await asyncio.sleep(0.2)
-            if handler.held and (app.rebalancing or app.should_stop):
-                await handler.give_up_held()
+            if (app.rebalancing or app.should_stop) and pipeline.holds_messages:
+                await pipeline.give_up()
+
+    return pipeline
 
 
-class EventBatchHandler:
-    """Parses one batch, routes each record, calls the engine and publishes what it returns."""
+@dataclass
+class _Unit:
+    """One run of the engine (a batch, a retry, a control record): the messages it settles and what it wrote."""
 
-    def __init__(self, runtime: Runtime, profiles: TableT, by_user: Any, recommendations: Any, dlq: Any) -> None:
+    id: int
+    messages: list[tuple[Any, Interaction | None]] = field(default_factory=list)
+    writes: list[Any] = field(default_factory=list)
+
+
+class EventPipeline:
+    """Takes batches from the feed, runs them through the engine, publishes, and settles their offsets."""
+
+    def __init__(
+        self, app: faust.App, runtime: Runtime, profiles: TableT, by_user: Any, recommendations: Any, dlq: Any
+    ) -> None:
+        self.app = app
         self.runtime = runtime
         self.profiles = profiles
         self.by_user = by_user
         self.recommendations = recommendations
-        self.dlq = dlq
         self.metrics = runtime.metrics
-        # Per partition, the messages from the first event still waiting for its item onwards, in
-        # offset order, each holding one extra reference: they are acked in order once that event is
-        # applied or dead-lettered, so the committed offset never passes a waiting event and a crash
-        # redelivers it (the events after it come again too; the event_id dedup absorbs them). Holding
-        # only the waiting message is not enough: Faust's commit skips one unacked offset at the head
-        # of a partition (faust-streaming issue #606).
-        self.held: dict[Any, deque[tuple[Any, Interaction | None]]] = {}
-        self.given_up: dict[Any, int] = {}  # partition -> consumer generation whose later messages are not committed
-        self.in_flight = InFlight()  # lists, DLQ records and re-keyed events sent, until Kafka has them
+        settings = runtime.settings
+        self.feed = EventFeed(settings.event_batch_size, FEED_BATCHES * settings.event_batch_size)
+        engine = runtime.recommender
+        self.ledger = OffsetLedger(ack=self._ack, is_waiting=lambda event: event in engine.waiting)
+        self.dead = DeadLetters(runtime.metrics, lambda key, value: dlq.send(key=key, value=value))
+        self._ids = itertools.count()
+        self._settling: set[asyncio.Task[None]] = set()  # background tasks, kept referenced until done
+        self._in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
+        self._last_publish: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self._last_publish.set_result(None)
 
-    async def handle(self, batch: Sequence[faust.EventT]) -> None:
-        """Handle a batch in order: the events before a control record are applied before it runs.
+    @property
+    def holds_messages(self) -> bool:
+        return bool(len(self.ledger) or len(self.feed))
+
+    async def run(self) -> None:
+        """The batch loop: take what has arrived, run it, go again without waiting for delivery."""
+        while True:
+            taken = await self.feed.take()
+            started = time.perf_counter()
+            await self.process(taken.events)
+            self.metrics.batch(
+                len(taken.events),
+                fetch=taken.fetch_s,
+                queue=taken.queued_s,
+                apply=time.perf_counter() - started,
+            )
+
+    async def process(self, batch: Sequence[faust.EventT]) -> None:
+        """A batch in its own order: the events before a control record are applied before it runs.
 
         So a ``forget_user`` erases everything the user did before it, even within one batch, and
         the events after it start a new profile.
@@ -103,20 +156,40 @@ class EventBatchHandler:
         for event in batch:
             if event.message.topic == self.runtime.topics.control:
                 if events:
-                    await self._handle_events(events)
+                    await self._events(events)
                     events = []
                 await self._control(event.message)
             else:
                 events.append(event)
         if events:
-            await self._handle_events(events)
+            await self._events(events)
 
     async def retry_waiting(self) -> None:
         """Run the engine on no new events: the events waiting for their item are tried again."""
-        await self._handle_events([])
+        await self._events([])
 
-    async def _handle_events(self, batch: Sequence[faust.EventT]) -> None:
+    async def give_up(self) -> None:
+        """Let go of every held and queued message without committing it, and of the events that wait."""
         rt = self.runtime
+        async with rt.engine_lock:
+            self.ledger.release()  # what is settled already is acked, not given up
+            queued = self.feed.drain()
+            held = len(self.ledger)
+            self.ledger.give_up(self.app.consumer_generation_id, [e.message for e in queued])
+            events = rt.recommender.waiting.drop_all()
+        log.info(
+            "gave up %d events waiting for their item (%d messages held, %d read and not processed): partitions "
+            "move or the worker stops; they are read again from the committed offset",
+            len(events),
+            held,
+            len(queued),
+        )
+
+    # --- one unit of work ------------------------------------------------------------------------
+    async def _events(self, batch: Sequence[faust.EventT]) -> None:
+        rt = self.runtime
+        topics = rt.topics
+        unit = _Unit(next(self._ids))
         interactions: list[Interaction] = []
         sources: list[Any] = []  # the message of each interaction, for the DLQ if the batch fails
         with self.metrics.time_stage("decode"):
@@ -125,199 +198,152 @@ class EventBatchHandler:
                 try:
                     interaction = parse_event(message.value, rt.limits)
                 except RecordError as exc:
-                    await self._dead_letter(message, exc.reason, exc.message, event_type=_peek_type(message.value))
+                    self.metrics.event(_peek_type(message.value), "dlq")
+                    unit.writes.append(await self.dead.send(DeadSource.of_message(message), exc.reason, exc.message))
+                    unit.messages.append((message, None))
                     continue
-                if message.topic == rt.topics.events and message.key != interaction.user_id.encode():
+                if message.topic == topics.events and message.key != interaction.user_id.encode():
                     # Keyed otherwise (or not at all): re-key so this user's state stays on one partition.
-                    self.in_flight.add(await self.by_user.send(key=interaction.user_id.encode(), value=message.value))
+                    unit.writes.append(await self.by_user.send(key=interaction.user_id.encode(), value=message.value))
+                    unit.messages.append((message, None))
                     continue
                 interactions.append(interaction)
                 sources.append(message)
+                unit.messages.append((message, interaction))
+        self.ledger.hold(unit.id, unit.messages)
+        engine = rt.recommender
         async with rt.engine_lock:
-            carried = [w.event for w in rt.recommender.waiting]  # waiting events of earlier batches, retried now
+            carried = engine.waiting.events()  # waiting events of earlier batches, tried again now
+            # Whatever becomes of them, their messages now wait for this unit's writes: an event applied
+            # here must not be acked before its profile change is in Kafka.
+            self.ledger.move(carried, unit.id)
             try:
-                result = await rt.recommender.handle_events(interactions, self.profiles)
+                result = await engine.apply_events(interactions, self.profiles)
             except Exception as exc:  # a bug or an outage must not lose the batch silently
-                # Exactly the events the engine was given go to the DLQ (and are counted) once: not the
-                # records already dead-lettered or re-keyed above, nor control records.
-                rt.recommender.waiting = []
-                log.exception("event batch failed; sending its %d events to the DLQ", len(interactions) + len(carried))
-                error, exception = repr(exc), type(exc).__name__
-                for message, interaction in zip(sources, interactions, strict=True):
-                    await self._dead_letter(
-                        message, "processing_error", error, event_type=interaction.type, exception=exception
-                    )
-                for interaction in carried:
-                    value = _interaction_json(interaction)
-                    await self._dead_letter(
-                        _Synthetic(rt.topics.events, interaction.user_id.encode(), value),
-                        "processing_error",
-                        error,
-                        event_type=interaction.type,
-                        exception=exception,
-                    )
-                await self._delivered()
-                self._release_settled()
+                engine.waiting.drop_all()
+                unit.writes += self._changelog()
+                await self._dead_batch(unit, exc, list(zip(sources, interactions, strict=True)), carried)
+                self._settle(unit)
                 return
-            self._hold(batch, {id(m): i for m, i in zip(sources, interactions, strict=True)})
-        await self._publish(result)
-        await self._delivered()
-        self._release_settled()
+            unit.writes += self._changelog()
+        await self._in_flight.acquire()  # at most PIPELINE_DEPTH batches between apply and publish
+        previous, self._last_publish = self._last_publish, asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._lists(result, unit, previous, self._last_publish))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
-    async def _delivered(self) -> None:
-        """Wait until what was sent for this batch is in Kafka, before its records are acked.
-
-        Faust commits acked offsets after a producer flush that can return while a record is still
-        being handed to the client; waiting here keeps a commit from covering an unwritten profile
-        change, list, DLQ record or re-keyed event. If Kafka refuses them for good, the worker exits
-        at once, committing nothing more: its records are read again after the restart.
-        """
+    async def _lists(
+        self, result: EventBatchResult, unit: _Unit, previous: asyncio.Future[None], done: asyncio.Future[None]
+    ) -> None:
+        """Build and publish the batch's lists while the loop applies the next batch (the store search
+        runs off the event loop), then publish in batch order and settle."""
+        started = time.perf_counter()
         try:
-            await self.in_flight.delivered()
-            if isinstance(self.profiles, ProfileTable):
-                await self.profiles.changelog_in_flight.delivered()
-        except Exception:
-            log.critical("records of an event batch could not be written to Kafka; exiting without committing it")
-            logging.shutdown()
-            os._exit(70)
+            try:
+                result.lists = await self.runtime.recommender.recommend(result.changed, result.triggers)
+            except Exception:  # the events are applied (their profiles are written); their lists are lost
+                log.exception(
+                    "the lists of %d users could not be built; they get one with their next event", len(result.changed)
+                )
+            await previous
+            await self._publish(result, unit)
+            self._settle(unit)
+            self.metrics.batch_phase_seconds("lists", time.perf_counter() - started)
+        finally:
+            done.set_result(None)
+            self._in_flight.release()
 
-    def _hold(self, batch: Sequence[faust.EventT], interaction_of: dict[int, Interaction]) -> None:
-        """Take an extra reference on each message of the batch that waits, or comes after one that waits."""
-        waiting = {id(w.event) for w in self.runtime.recommender.waiting}
-        dropped: set[int] = set()
-        for event in batch:
-            message = event.message
-            interaction = interaction_of.get(id(message))
-            is_waiting = interaction is not None and id(interaction) in waiting
-            if message.tp in self.given_up and self.given_up[message.tp] == message.generation_id:
-                message.acked = True  # read after a given-up one: done here, its offset is not committed
-                if is_waiting:
-                    dropped.add(id(interaction))
-            elif is_waiting or message.tp in self.held:
-                message.incref()
-                self.held.setdefault(message.tp, deque()).append((message, interaction if is_waiting else None))
-        if dropped:
-            engine = self.runtime.recommender
-            engine.waiting = [w for w in engine.waiting if id(w.event) not in dropped]
+    async def _dead_batch(
+        self, unit: _Unit, exc: Exception, parsed: list[tuple[Any, Interaction]], carried: list[Interaction]
+    ) -> None:
+        """The engine raised: exactly the events it was given go to the DLQ (and are counted) once."""
+        log.exception("event batch failed; sending its %d events to the DLQ", len(parsed) + len(carried))
+        error, exception = repr(exc), type(exc).__name__
+        sources = [DeadSource.of_message(message) for message, _ in parsed]
+        sources += [DeadSource.of_event(self.runtime.topics.events, event) for event in carried]
+        for source, event in zip(sources, [e for _, e in parsed] + carried, strict=True):
+            self.metrics.event(event.type, "dlq")
+            unit.writes.append(await self.dead.send(source, "processing_error", error, exception))
 
-    async def give_up_held(self) -> None:
-        """Let go of held messages without committing them, and of the events that wait among them."""
-        async with self.runtime.engine_lock:
-            generation = self.profiles.app.consumer_generation_id
-            count = 0
-            for tp, queue in self.held.items():
-                for message, _ in queue:
-                    message.acked = True  # Faust stops waiting for it; no offset is committed for it
-                    count += 1
-                self.given_up[tp] = generation
-            self.held.clear()
-            events = len(self.runtime.recommender.waiting)
-            self.runtime.recommender.waiting = []
-        log.info(
-            "gave up %d events waiting for their item (%d messages held): partitions move or the worker stops; "
-            "they are read again from the committed offset",
-            events,
-            count,
-        )
-
-    def _release_settled(self) -> None:
-        """Ack held messages in offset order, up to the first event of each partition that still waits."""
-        waiting = {id(w.event) for w in self.runtime.recommender.waiting}
-        consumer = self.profiles.app.consumer
-        for tp, queue in list(self.held.items()):
-            while queue and (queue[0][1] is None or id(queue[0][1]) not in waiting):
-                message, _ = queue.popleft()
-                message.ack(consumer)
-            if not queue:
-                del self.held[tp]
-
-    async def _publish(self, result: EventBatchResult) -> None:
+    async def _publish(self, result: EventBatchResult, unit: _Unit) -> None:
         m = self.metrics
         for e in result.processed:
             m.event(e.type, "processed")
         for e in result.duplicates:
             m.event(e.type, "duplicate")
+        events_topic = self.runtime.topics.events
         for rejected in result.rejected:
             event = rejected.record
             m.event(event.type, "dlq")
-            m.dlq(rejected.error.reason, self.runtime.topics.events)
-            value = _interaction_json(event)
-            sent = await self.dlq.send(
-                key=event.user_id.encode(),
-                value=self.runtime.dlq_value(
-                    message=_Synthetic(self.runtime.topics.events, event.user_id.encode(), value),
-                    reason=rejected.error.reason,
-                    error=rejected.error.message,
-                ),
-            )
-            self.in_flight.add(sent)
+            source = DeadSource.of_event(events_topic, event)
+            unit.writes.append(await self.dead.send(source, rejected.error.reason, rejected.error.message))
         trigger_ts = {e.event_id: e.ts for e in result.processed}
         with m.time_stage("publish"):
             for lst in result.lists:
-                self.in_flight.add(await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json()))
+                unit.writes.append(await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json()))
                 self.runtime.latest.put(lst.user_id, lst)
                 m.list_published(len(lst.items), trigger_ts.get(lst.trigger_event_id or ""), time.time() * 1000)
         m.set_profiles(len(self.profiles))
 
     async def _control(self, message: Any) -> None:
         rt = self.runtime
+        unit = _Unit(next(self._ids), [(message, None)])
+        self.ledger.hold(unit.id, unit.messages)
         try:
             command = parse_control(message.value, rt.limits)
         except RecordError as exc:
-            await self._dead_letter(message, exc.reason, exc.message)
+            unit.writes.append(await self.dead.send(DeadSource.of_message(message), exc.reason, exc.message))
+            self._settle(unit)
             return
         if isinstance(command, ForgetUser):
+            await self._last_publish  # lists of earlier batches first: none may follow the tombstone
             async with rt.engine_lock:
-                dropped = [w.event for w in rt.recommender.waiting if w.event.user_id == command.user_id]
+                dropped = rt.recommender.waiting.drop_user(command.user_id)
+                self.ledger.move(dropped, unit.id)
                 existed = rt.recommender.forget(command.user_id, self.profiles)
-                self._release_settled()
+                unit.writes += self._changelog()
             for interaction in dropped:  # read, never applied: counted once, as erased with the user
                 self.metrics.event(interaction.type, "forgotten")
             rt.latest.put(command.user_id, None)
-            self.in_flight.add(await self.recommendations.send(key=command.user_id.encode(), value=None))  # tombstone
+            unit.writes.append(await self.recommendations.send(key=command.user_id.encode(), value=None))  # tombstone
             log.info("forgot user %s (profile existed: %s)", command.user_id, existed)
+        self._settle(unit)
 
-    async def _dead_letter(
-        self, message: Any, reason: str, error: str, *, event_type: str | None = None, exception: str = "RecordError"
-    ) -> None:
-        self.metrics.dlq(reason, message.topic)
-        if message.topic != self.runtime.topics.control:
-            self.metrics.event(event_type, "dlq")
-        sent = await self.dlq.send(
-            key=message.key,
-            value=self.runtime.dlq_value(message=message, reason=reason, error=error, exception=exception),
-        )
-        self.in_flight.add(sent)
+    # --- settling --------------------------------------------------------------------------------
+    def _changelog(self) -> list[Any]:
+        """The profile changelog records written since the last unit took them (this unit's)."""
+        return self.profiles.changelog_in_flight.drain() if isinstance(self.profiles, ProfileTable) else []
 
+    def _settle(self, unit: _Unit) -> None:
+        """Ack the unit's messages once Kafka has every record it wrote; the loop does not wait for it."""
+        task = asyncio.ensure_future(self._delivered(unit))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
-class _Synthetic:
-    """Stands in for a Kafka message when an event is dead-lettered after it was parsed."""
+    async def _delivered(self, unit: _Unit) -> None:
+        """Faust commits acked offsets after a producer flush that can return while a record is still
+        being handed to the client; waiting here keeps a commit from covering an unwritten profile
+        change, list, DLQ record or re-keyed event. If Kafka refuses them for good, the worker exits at
+        once, committing nothing more: its records are read again after the restart."""
+        sent = time.perf_counter()
+        try:
+            if unit.writes:
+                await asyncio.gather(*unit.writes)
+        except Exception:
+            log.critical("records of an event batch could not be written to Kafka; exiting without committing it")
+            logging.shutdown()
+            os._exit(70)
+        if unit.messages:
+            self.metrics.batch_phase_seconds("delivery", time.perf_counter() - sent)
+        self.ledger.delivered(unit.id)
+        self.ledger.release()
 
-    def __init__(self, topic: str, key: bytes, value: bytes) -> None:
-        self.topic, self.partition, self.offset, self.key, self.value = topic, None, None, key, value
-
-
-def _interaction_json(event: Interaction) -> bytes:
-    import orjson
-
-    return orjson.dumps(
-        {
-            "event_id": event.event_id,
-            "user_id": event.user_id,
-            "item_id": event.item_id,
-            "type": event.type,
-            "ts": event.ts,
-            "text": event.text,
-            "rating": event.rating,
-            "lang": event.lang,
-        }
-    )
+    def _ack(self, message: Any) -> None:
+        message.ack(self.app.consumer)
 
 
 def _peek_type(value: bytes | None) -> str | None:
     """The event type of a rejected record, if it can be read, for the outcome metric's label."""
-    import orjson
-
     try:
         obj = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError:

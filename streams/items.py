@@ -21,6 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from streams.dlq import DeadLetters, DeadSource
 from streams.language_stats import LanguageStatsFollower, part_key
 from streams.runtime import Runtime
 from xrec.config import Settings
@@ -50,6 +51,7 @@ class ItemIndexer:
         self.group = items_group_id(runtime.settings)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.dead = DeadLetters(runtime.metrics, self._send_dead)
         self.stats = LanguageStatsFollower(
             runtime.recommender.space,
             runtime.topics.language_stats,
@@ -153,13 +155,13 @@ class ItemIndexer:
         for rejected in result.rejected:
             await self._dead_letter(sources[id(rejected.record)], rejected.error.reason, rejected.error.message)
 
-    async def _dead_letter(self, message: Any, reason: str, error: str, exception: str = "RecordError") -> None:
-        rt = self.runtime
-        rt.metrics.item("dlq")
-        rt.metrics.dlq(reason, message.topic)
-        value = rt.dlq_value(message=message, reason=reason, error=error, exception=exception)
+    async def _send_dead(self, key: bytes | None, value: bytes) -> Any:
         assert self.producer is not None
-        await self.producer.send_and_wait(rt.topics.dlq, key=message.key, value=value)
+        return await self.producer.send_and_wait(self.runtime.topics.dlq, key=key, value=value)
+
+    async def _dead_letter(self, message: Any, reason: str, error: str, exception: str = "RecordError") -> None:
+        self.runtime.metrics.item("dlq")
+        await self.dead.send(DeadSource.of_message(message), reason, error, exception)
 
     async def _report_lag(self, every_s: float = 1.0) -> None:
         """Items read but not yet in the store, per owned partition: end offset − committed position.

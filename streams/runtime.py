@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from streams.topics import TopicNames
 from xrec.config import Settings
-from xrec.events import Limits, RecommendationList, dlq_record
+from xrec.events import Limits, RecommendationList
 from xrec.metrics import XrecMetrics
 from xrec.pipeline import Encoder, Recommender
 from xrec.store.base import VectorStore
@@ -70,20 +69,6 @@ class Runtime:
             if not self.started:
                 await self.recommender.start()
                 self.started = True
-
-    def dlq_value(self, *, message: Any, reason: str, error: str, exception: str = "RecordError") -> bytes:
-        """The DLQ record for a Faust/aiokafka message (anything with topic/partition/offset/key/value)."""
-        return dlq_record(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value,
-            reason=reason,
-            error=error,
-            exception=exception,
-            failed_at_ms=int(time.time() * 1000),
-        )
 
 
 def load_encoder(settings: Settings) -> Any:

@@ -32,6 +32,12 @@ class InFlight:
         if pending:
             await asyncio.gather(*pending)
 
+    def drain(self) -> list[asyncio.Future[Any]]:
+        """The futures still pending, handed over (a batch takes the changelog records it wrote)."""
+        pending = list(self._futures)
+        self._futures.clear()
+        return pending
+
     def __len__(self) -> int:
         return len(self._futures)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import faust
 
@@ -15,6 +16,8 @@ from xrec.store import open_store
 from xrec.store.exact import use_one_blas_thread
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def build_runtime(settings: Settings, *, with_encoder: bool = True, dim: int | None = None) -> Runtime:
@@ -36,6 +39,11 @@ def run_worker(
     settings: Settings, bootstrap: str, *, with_encoder: bool = True, dim: int | None = None, loglevel: str = "info"
 ) -> None:
     use_one_blas_thread()
+    # Faust runs the Kafka consumer in a thread of its own: with Python's default 5 ms GIL switch interval
+    # it waits up to 5 ms each time the event loop or the store thread computes, and events queue in
+    # Kafka. 0.5 ms: in `xrec bench pipeline` at 70% of saturation, 2 runs each, p99 206 and 403 ms
+    # against 362 and 2,410 ms (BENCHMARKS.md); the evidence is two runs, the cost a few % CPU.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     runtime = build_runtime(settings, with_encoder=with_encoder, dim=dim)  # first: a bad model fails before Kafka
     created = run_blocking(lambda: prepare_topics(settings, bootstrap), timeout_s=60)
     if created:

@@ -126,9 +126,20 @@ class Interaction:
     rating: float | None = None
     lang: str | None = None
 
-    @property
-    def is_negative_type(self) -> bool:
-        return self.type in ("dislike", "skip")
+    def to_json(self) -> bytes:
+        """The event as the events topic carries it (what ``parse_event`` reads back)."""
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "user_id": self.user_id,
+                "item_id": self.item_id,
+                "type": self.type,
+                "ts": self.ts,
+                "text": self.text,
+                "rating": self.rating,
+                "lang": self.lang,
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ EVENT_TYPE_LABELS = (*EVENT_TYPES, UNKNOWN_EVENT_TYPE)
 EVENT_OUTCOMES = ("processed", "duplicate", "dlq", "forgotten")
 ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
+#: Where a batch of events spends its time: ``fetch`` (from the event's Kafka timestamp to the worker
+#: reading it, the oldest of the batch), ``queue`` (read, waiting for the batch loop), ``apply`` (decode,
+#: profile updates: the part done in event order), ``lists`` (store search, ranking and sends, overlapping
+#: the next batch's apply), ``delivery`` (from the last send to Kafka acknowledging every write).
+BATCH_PHASES = ("fetch", "queue", "apply", "lists", "delivery")
 STORE_BACKENDS = ("edge", "qdrant")
 STORE_OPERATIONS = ("ensure_collection", "upsert", "delete", "fetch", "query", "count", "optimize")
 #: What a resolved language was attached to: an item's text, or the text of a review.
@@ -58,6 +63,7 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 ENCODER_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ENCODER_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 LIST_LENGTH_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,17 @@ class XrecMetrics:
             "Time spent in one pipeline stage (decode, encode, profile, query, rank, publish) per call.",
             ("stage",),
             STAGE_BUCKETS,
+        )
+        self.batch_phase = self._histogram(
+            "xrec_batch_seconds",
+            "Per batch of events, the time of each phase: fetch (event timestamp to read, oldest event), queue "
+            "(read to batch start), apply (decode, profile updates), lists (search, ranking, sends) and delivery "
+            "(last send to all acknowledged).",
+            ("phase",),
+            STAGE_BUCKETS,
+        )
+        self.batch_events = self._histogram(
+            "xrec_batch_events", "Events in each batch the event loop takes (what had arrived).", (), BATCH_SIZE_BUCKETS
         )
         self.encoder_batch_size = self._histogram(
             "xrec_encoder_batch_size", "Texts per encoder forward pass.", (), ENCODER_BATCH_BUCKETS
@@ -187,6 +204,8 @@ class XrecMetrics:
             self.items.labels(outcome=outcome)
         for stage in STAGES:
             self.stage.labels(stage=stage)
+        for phase in BATCH_PHASES:
+            self.batch_phase.labels(phase=phase)
         for kind in LANGUAGE_KINDS:
             for source in LANGUAGE_SOURCES:
                 self.languages.labels(kind=kind, source=source)
@@ -251,6 +270,17 @@ class XrecMetrics:
                 log.warning("DLQ reason %r is not a short snake_case code; counted as %s", reason, INVALID_REASON)
             reason = INVALID_REASON
         self.dlq_records.labels(reason=reason, topic=_checked_name("topic", topic)).inc()
+
+    def batch(self, events: int, **phases: float) -> None:
+        """One batch of the event loop: its size and the seconds of the phases given (``BATCH_PHASES``)."""
+        self.batch_events.observe(events)
+        for phase, seconds in phases.items():
+            self.batch_phase_seconds(phase, seconds)
+
+    def batch_phase_seconds(self, phase: str, seconds: float) -> None:
+        if phase not in BATCH_PHASES:
+            raise ValueError(f"batch phase {phase!r} is not one of {BATCH_PHASES}")
+        self.batch_phase.labels(phase=phase).observe(max(0.0, seconds))
 
     def language_resolved(self, kind: str, source: str) -> None:
         """Count one item or review text by where its language came from (``xrec.langid.SOURCES``)."""

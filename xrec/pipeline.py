@@ -113,12 +113,53 @@ class EventBatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     waiting: int = 0  # events held for an item that has not arrived yet
     lists: list[RecommendationList] = field(default_factory=list)
+    #: The profiles the batch changed and the latest event of each (what ``recommend`` takes).
+    changed: dict[str, UserProfile] = field(default_factory=dict, repr=False)
+    triggers: dict[str, Interaction] = field(default_factory=dict, repr=False)
 
 
-@dataclass
-class _Waiting:
-    event: Interaction
-    since_ms: float
+class WaitingEvents:
+    """Events whose item is not in the catalog yet, each with the time it started waiting, in arrival order.
+
+    The engine owns them: each batch tries them again first, applies those whose item has come,
+    dead-letters those that waited ``XREC_UNKNOWN_ITEM_WAIT_S`` and keeps the rest. An event is known by
+    its object (a redelivered copy is another event), and the object is kept alive while it waits.
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[int, tuple[Interaction, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def __contains__(self, event: object) -> bool:
+        return id(event) in self._since
+
+    def events(self) -> list[Interaction]:
+        return [event for event, _ in self._since.values()]
+
+    def since(self, event: Interaction, default: float) -> float:
+        entry = self._since.get(id(event))
+        return entry[1] if entry is not None else default
+
+    def keep(self, event: Interaction, since_ms: float) -> None:
+        self._since[id(event)] = (event, since_ms)
+
+    def drop_all(self) -> list[Interaction]:
+        """Let go of every waiting event (the caller dead-letters them, or their messages are read again)."""
+        events = self.events()
+        self._since.clear()
+        return events
+
+    def drop_user(self, user_id: str) -> list[Interaction]:
+        gone = [event for event, _ in self._since.values() if event.user_id == user_id]
+        for event in gone:
+            del self._since[id(event)]
+        return gone
+
+    def drop(self, events: Sequence[Interaction]) -> None:
+        for event in events:
+            self._since.pop(id(event), None)
 
 
 class Recommender:
@@ -148,7 +189,7 @@ class Recommender:
         self.popularity = Popularity()
         self.space = LanguageSpace(self.dim, settings.vector_space)
         self.languages = LanguageResolver(settings.language_detection)
-        self.waiting: list[_Waiting] = []
+        self.waiting = WaitingEvents()
         self.dedup_window = max(16, settings.dedup_window)
 
     async def start(self) -> None:
@@ -241,47 +282,63 @@ class Recommender:
     # --- events ------------------------------------------------------------------------------
     async def handle_events(self, events: Sequence[Interaction], profiles: ProfileTable) -> EventBatchResult:
         """Update every touched profile, then build one list per touched user."""
+        result = await self.apply_events(events, profiles)
+        result.lists = await self.recommend(result.changed, result.triggers)
+        return result
+
+    async def apply_events(self, events: Sequence[Interaction], profiles: ProfileTable) -> EventBatchResult:
+        """The first half of ``handle_events``: every touched profile updated and written, no lists yet.
+
+        A worker builds the lists (``recommend``, whose store search runs off the event loop) while it
+        applies the next batch; everything that must happen in event order happens here.
+        """
         result = EventBatchResult()
         now = self.clock_ms()
-        batch = [w.event for w in self.waiting] + list(events)
-        waiting_since = {id(w.event): w.since_ms for w in self.waiting}
-        self.waiting = []
+        earlier = self.waiting
+        batch = [*earlier.events(), *events]
         with self._stage("query"):
             known = await self._item_meta({e.item_id for e in batch})
         ready: list[Interaction] = []
+        still = WaitingEvents()  # replaces ``self.waiting`` in one step: readers never see a half-built set
         for event in batch:
+            since = earlier.since(event, now)
             if event.item_id in known:
                 ready.append(event)
-            elif now - waiting_since.get(id(event), now) >= self.settings.unknown_item_wait_s * 1000:
+            elif now - since >= self.settings.unknown_item_wait_s * 1000:
                 reason = f"item {event.item_id!r} is not in the catalog (waited {self.settings.unknown_item_wait_s:g}s)"
                 result.rejected.append(Rejected(event, RecordError("unknown_item", reason)))
             else:
-                self.waiting.append(_Waiting(event, waiting_since.get(id(event), now)))
-        result.waiting = len(self.waiting)
+                still.keep(event, since)
+        self.waiting = still
+        result.waiting = len(still)
         space = self.space.view()
         texts = await self._encode_reviews(ready, space)
 
         profiles_now: dict[str, UserProfile] = {}
         triggers: dict[str, Interaction] = {}  # the latest processed event of each changed user
         with self._stage("profile"):
-            for event in ready:
+            metas = [known[event.item_id] for event in ready]
+            neutral = space.neutral(np.asarray([m.vector for m in metas]), [m.lang for m in metas]) if ready else ()
+            for event, meta, item_vec in zip(ready, metas, neutral, strict=True):
                 profile = profiles_now.get(event.user_id)
                 if profile is None:
                     profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode(), space)
                 if not profile.remember_event(event.event_id, self.dedup_window):
                     result.duplicates.append(event)
                     continue
-                self._apply(profile, event, known[event.item_id], texts.get(event.event_id), space)
+                self._apply(profile, event, meta, item_vec, texts.get(event.event_id))
                 triggers[event.user_id] = event
                 result.processed.append(event)
             for user_id in triggers:
                 profiles[user_id.encode()] = profiles_now[user_id].to_bytes()
-        result.lists = await self.recommend({u: profiles_now[u] for u in triggers}, triggers)
+        result.changed = {u: profiles_now[u] for u in triggers}
+        result.triggers = triggers
         return result
 
     def forget(self, user_id: str, profiles: ProfileTable) -> bool:
-        """Erase a user's profile (and with it their dedup state); True if there was one."""
-        self.waiting = [w for w in self.waiting if w.event.user_id != user_id]  # else they would rebuild it
+        """Erase a user's profile (and with it their dedup state); True if there was one. The user's
+        waiting events go too (else they would rebuild it): ``waiting.drop_user`` first, to count them."""
+        self.waiting.drop_user(user_id)
         key = user_id.encode()
         if key in profiles:
             del profiles[key]
@@ -318,12 +375,13 @@ class Recommender:
         For evaluations: what they measure is what is served."""
         space = self.space.view()
         params = self.rank_params
+        centroids = None
         if params.query_expansion and profile.has_interests:
             columns, spans = await self._search([profile], space)
             neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
-            [profile] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
+            [centroids] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
         trend = self.popularity.trend(cands.ids) if params.trending_weight else None
-        scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space)
+        scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space, centroids)
         return scores
 
     async def _search(
@@ -358,11 +416,11 @@ class Recommender:
         profile: UserProfile,
         event: Interaction,
         meta: ItemMeta,
+        item_vec: np.ndarray,
         text_vec: np.ndarray | None,
-        space: NeutralSpace,
     ) -> None:
+        """One event into its user's profile: ``item_vec`` is the item's neutral vector, ``text_vec`` a review's."""
         weight = event_weight(event.type, event.rating, self.weights)
-        item_vec = space.neutral(meta.vector, [meta.lang])[0]
         vector = (
             review_vector(item_vec, text_vec, self.settings.review_text_weight) if event.type == "review" else item_vec
         )
@@ -397,7 +455,7 @@ class Recommender:
                 found[item_id] = meta
         if missing:
             with self._store_op("fetch"):
-                stored = await self.store.fetch(missing)
+                stored = await self.store.fetch(missing, payload_fields=("lang",))
             for item_id, item in stored.items():
                 meta = ItemMeta(np.asarray(item.vector, np.float32), str(item.payload.get("lang", "und")))
                 self.cache.put(item_id, meta)

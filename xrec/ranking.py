@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -151,15 +151,18 @@ def score_candidates(
     now_ms: int,
     trend: Mapping[str, float] | None = None,
     space: NeutralSpace | None = None,
+    centroids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Relevance of every candidate, and the index of the interest each one answers (for ``because``).
 
-    ``space`` is the engine's current neutral space; None scores the vectors as they are.
+    ``space`` is the engine's current neutral space; None scores the vectors as they are. ``centroids``
+    replace the profile's interests (``expand_interests``).
     """
     if not len(cands):
         return np.zeros(0), np.zeros(0, np.int64)
     table = CandidateTable.of(cands, params, trend, space)
-    score, interest_of = table.score([profile], None, params, profile_params, now_ms)
+    own = [centroids] if centroids is not None else None
+    score, interest_of = table.score([profile], None, params, profile_params, now_ms, own)
     return score[0], interest_of[0]
 
 
@@ -256,8 +259,8 @@ def rank_many(
     already left them out, so unlike ``rank`` this does not filter them again."""
     table = CandidateTable.of(Candidates.from_columns(columns), params, trend, space)
     rows = [union_of_answers(columns.per_query[start:stop]) for start, stop in spans]
-    users = expand_interests(profiles, columns, spans, table.neutral, params.query_expansion)
-    return table.rank(users, rows, params, profile_params, now_ms)
+    centroids = expand_interests(profiles, columns, spans, table.neutral, params.query_expansion)
+    return table.rank(profiles, rows, params, profile_params, now_ms, centroids)
 
 
 #: Query expansion treats the mean of an interest's best answers as worth this many events: an interest
@@ -273,28 +276,30 @@ def expand_interests(
     spans: Sequence[tuple[int, int]],
     neutral: np.ndarray,
     top: int,
-) -> list[UserProfile]:
-    """Each interest moved toward the mean neutral vector of its own query's ``top`` best answers.
+) -> list[np.ndarray]:
+    """Each profile's interests, each moved toward the mean neutral vector of its own query's ``top``
+    best answers (the profiles are not changed).
 
     Query expansion by pseudo-relevance feedback (Rocchio): an interest built from a few clicks is a
     noisy estimate of what the user reads, and the items nearest to it agree on their topic more than
     the clicks do. Each answer counts by its (positive) cosine to the interest, so in a catalog with
-    fewer than ``top`` related items the unrelated rest adds nothing. The answers weigh as ``EXPANSION_PRIOR_EVENTS`` events against the interest's own
-    (decayed) event weight, so a new user's interests move a lot and a long history's barely: on the
-    cross-lingual dev catalogs (3 clicks) it raised the share of on-topic items in a list, while moving
-    every interest halfway cost MIND's long histories 0.01 AUC (EVALUATION.md). Profiles are copied,
-    never changed; ``top`` 0 returns them as they are.
+    fewer than ``top`` related items the unrelated rest adds nothing. The answers weigh as
+    ``EXPANSION_PRIOR_EVENTS`` events against the interest's own (decayed) event weight, so a new user's
+    interests move a lot and a long history's barely: on the cross-lingual dev catalogs (3 clicks) it
+    raised the share of on-topic items in a list, while moving every interest halfway cost MIND's long
+    histories 0.01 AUC (EVALUATION.md). ``top`` 0 returns the interests as they are.
     """
+    own = [p.centroids for p in profiles]
     if top <= 0 or not profiles:
-        return list(profiles)
+        return own
     answers = columns.per_query
-    interests = np.concatenate([p.centroids for p in profiles])  # one query per interest, in order
-    means = np.zeros((len(answers), neutral.shape[1]), np.float32)
-    found = np.asarray([min(top, len(a)) for a in answers])
+    interests = np.concatenate(own)  # one query per interest, in order
+    weights = np.concatenate([p.weights for p in profiles])
+    found = np.fromiter((min(top, len(a)) for a in answers), np.intp, count=len(answers))
+    means = np.zeros_like(interests)
     for first in range(0, len(answers), _EXPANSION_BLOCK):
-        block = range(first, min(first + _EXPANSION_BLOCK, len(answers)))
-        taken = [q for q in block if found[q]]
-        if not taken:
+        taken = np.flatnonzero(found[first : first + _EXPANSION_BLOCK]) + first
+        if not len(taken):
             continue
         rows = np.concatenate([answers[q][: found[q]] for q in taken])
         owner = np.repeat(taken, found[taken])
@@ -303,17 +308,13 @@ def expand_interests(
         total = np.add.reduceat(weight, starts, axis=0)
         sums = np.add.reduceat(neutral[rows] * weight, starts, axis=0)
         means[taken] = np.where(total > 1e-9, sums / np.maximum(total, 1e-9), 0.0)
-    out = []
-    for profile, (start, stop) in zip(profiles, spans, strict=True):
-        own = means[start:stop]
-        norms = np.linalg.norm(own, axis=1, keepdims=True)
-        ok = norms[:, 0] > 1e-6
-        moved = profile.centroids.copy()
-        keep = (profile.weights / (profile.weights + EXPANSION_PRIOR_EVENTS))[:, None].astype(np.float32)
-        moved[ok] = keep[ok] * moved[ok] + (1 - keep[ok]) * own[ok] / norms[ok]
-        moved /= np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
-        out.append(replace(profile, centroids=moved.astype(np.float32)))
-    return out
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    ok = norms[:, 0] > 1e-6
+    keep = (weights / (weights + EXPANSION_PRIOR_EVENTS))[:, None].astype(np.float32)
+    moved = interests.copy()
+    moved[ok] = keep[ok] * interests[ok] + (1 - keep[ok]) * means[ok] / norms[ok]
+    moved /= np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+    return [moved[start:stop] for start, stop in spans]
 
 
 def union_of_answers(answers: Sequence[np.ndarray]) -> np.ndarray:
@@ -352,11 +353,14 @@ class CandidateTable:
         params: RankParams,
         profile_params: ProfileParams,
         now_ms: int,
+        centroids: Sequence[np.ndarray] | None = None,
     ) -> list[list[RecommendedItem]]:
         """One list per profile from its candidates ``rows``. Users go in chunks of similar candidate
-        counts: a few numpy calls per chunk, not per list."""
+        counts: a few numpy calls per chunk, not per list. ``centroids`` replace each profile's interests
+        (``expand_interests``)."""
+        own = list(centroids) if centroids is not None else [p.centroids for p in profiles]
         if len(profiles) == 1 and np.array_equal(rows[0], np.arange(len(self.cands))):
-            return [self._rank_chunk(list(profiles), None, [len(self.cands)], params, profile_params, now_ms)[0]]
+            return [self._rank_chunk(list(profiles), own, None, [len(self.cands)], params, profile_params, now_ms)[0]]
         lists: list[list[RecommendedItem]] = [[] for _ in profiles]
         by_size = sorted((u for u in range(len(profiles)) if len(rows[u])), key=lambda u: len(rows[u]))
         for first in range(0, len(by_size), RANK_CHUNK):
@@ -366,8 +370,11 @@ class CandidateTable:
             for j, u in enumerate(chunk):
                 padded[j, : counts[j]] = rows[u]
             users = [profiles[u] for u in chunk]
+            interests = [own[u] for u in chunk]
             for u, items in zip(
-                chunk, self._rank_chunk(users, padded, counts, params, profile_params, now_ms), strict=True
+                chunk,
+                self._rank_chunk(users, interests, padded, counts, params, profile_params, now_ms),
+                strict=True,
             ):
                 lists[u] = items
         return lists
@@ -375,6 +382,7 @@ class CandidateTable:
     def _rank_chunk(
         self,
         users: list[UserProfile],
+        interests: list[np.ndarray],
         padded: np.ndarray | None,
         counts: list[int],
         params: RankParams,
@@ -382,7 +390,7 @@ class CandidateTable:
         now_ms: int,
     ) -> list[list[RecommendedItem]]:
         """Lists of a few users whose candidates are ``padded`` (None: one user, the whole table)."""
-        score, interest_of = self.score(users, padded, params, profile_params, now_ms)
+        score, interest_of = self.score(users, padded, params, profile_params, now_ms, interests)
         vectors = self.neutral[None] if padded is None else self.neutral[padded]
         picks = mmr_select_many(vectors, score, counts, params.list_length, params.mmr_lambda)
         lists = []
@@ -409,10 +417,12 @@ class CandidateTable:
         params: RankParams,
         profile_params: ProfileParams,
         now_ms: int,
+        centroids: Sequence[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores (users, candidates) of the candidates at ``rows``, and the interest each one answers:
         the formula of the module docstring, for every user at once (padding rows are scored too, and
-        left out by the caller). ``rows`` None: one user, every candidate of the table."""
+        left out by the caller). ``rows`` None: one user, every candidate of the table. ``centroids``
+        replace the profiles' interests (neutral, one array per profile)."""
         cands = self.cands
         users, dim = len(profiles), cands.vectors.shape[1]
         width = max(len(p.centroids) for p in profiles)
@@ -422,7 +432,7 @@ class CandidateTable:
         mean_log_rel = np.zeros(users)
         dislike: np.ndarray | None = None
         dislike_strength = np.zeros(users)
-        everyone = np.concatenate([p.centroids for p in profiles])  # neutral already: profiles are built there
+        everyone = np.concatenate(centroids if centroids is not None else [p.centroids for p in profiles])
         start = 0
         for u, profile in enumerate(profiles):
             k = len(profile.centroids)

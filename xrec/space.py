@@ -33,6 +33,7 @@ catalog's mean: its centre is (sum + k·mean) / (count + k) with k = ``PRIOR_ITE
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,19 +181,23 @@ class NeutralSpace:
         x = np.asarray(vectors, np.float32).reshape(-1, self.dim)
         if self.mean is None or not len(x):
             return x
-        centres = np.empty_like(x)
-        unknown = np.zeros(len(x), bool)
-        for i, lang in enumerate(langs):
-            centre = self.centres.get(lang)
-            if centre is None:
-                centres[i] = self.mean
-                unknown[i] = True
-            else:
-                centres[i] = centre
-        moved = x - centres
-        if unknown.any() and len(self.basis):
-            moved[unknown] = self._project(moved[unknown])
+        unknown = len(self._centre_rows)
+        rows = np.fromiter((self._centre_rows.get(lang, unknown) for lang in langs), np.intp, count=len(x))
+        moved = x - self._centre_matrix[rows]
+        missing = rows == unknown
+        if len(self.basis) and missing.any():
+            moved[missing] = self._project(moved[missing])
         return _unit_rows(moved, fallback=x)
+
+    @functools.cached_property
+    def _centre_rows(self) -> dict[str, int]:
+        return {lang: i for i, lang in enumerate(self.centres)}
+
+    @functools.cached_property
+    def _centre_matrix(self) -> np.ndarray:
+        """One row per known language, in ``_centre_rows`` order, then the catalog mean (unknown languages)."""
+        rows = [*self.centres.values(), self.mean if self.mean is not None else np.zeros(self.dim, np.float32)]
+        return np.asarray(rows, np.float32)
 
     def query_directions(self, vectors: np.ndarray) -> np.ndarray:
         """Unit rows of neutral vectors with every language offset projected out: store queries."""

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,10 +37,12 @@ def run_bench(kafka_bootstrap: str, *args: str) -> dict[str, Any]:
     return result
 
 
-def test_the_pipeline_bench_reports_throughput_latency_cost_and_the_naive_ratio(kafka_bootstrap: str) -> None:
+def test_the_pipeline_bench_reports_throughput_a_latency_curve_cost_and_the_naive_ratio(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
     model_ready = is_complete(default_model_dir(Settings.from_env()))
     args = ["--items", "400", "--users", "40", "--events", "240", "--naive-events", "60"]
-    args += ["--latency-seconds", "3", "--rate", "20", "--generated"]
+    args += ["--latency-seconds", "3", "--load-levels", "30,60", "--generated", "--plot", str(tmp_path / "curve.png")]
     if model_ready:
         args += ["--with-text", "--text-events", "30"]
     result = run_bench(kafka_bootstrap, *args)
@@ -50,10 +53,16 @@ def test_the_pipeline_bench_reports_throughput_latency_cost_and_the_naive_ratio(
     assert 0 < sat["lists"] <= 240
     assert sat["dlq"] == 0
 
-    lat = result["xrec"]["latency"]
-    assert lat["answered"] == lat["events"] == 60  # 20 events/s for 3 s
-    p = lat["latency_ms"]
-    assert 0 <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+    assert result["settings"]["held_profiles"] == 20  # half the users return with a history
+    curve = result["xrec"]["load_curve"]
+    assert [level["percent_of_saturation"] for level in curve] == [30, 60]
+    for level in curve:
+        assert level["answered"] == level["events"] > 0
+        p = level["latency_ms"]
+        assert 0 <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+        assert level["batches"]["batches"] > 0 and level["batches"]["apply_ms"] >= 0
+    assert curve[1]["offered_rate"] > curve[0]["offered_rate"]
+    assert (tmp_path / "curve.png").stat().st_size > 0
 
     mem = result["xrec"]["memory"]
     assert mem["profiles"] == result["workload"]["users"]

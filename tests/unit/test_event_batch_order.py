@@ -5,19 +5,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from streams.agents import EventBatchHandler
+from streams.agents import EventPipeline
 
 CONTROL, EVENTS = "xrec.control", "xrec.events"
 
 
-class RecordingHandler(EventBatchHandler):
-    """Keeps the real splitting of ``handle`` and records what it hands on, in order."""
+class RecordingPipeline(EventPipeline):
+    """Keeps the real splitting of ``process`` and records what it hands on, in order."""
 
     def __init__(self) -> None:
         self.runtime = SimpleNamespace(topics=SimpleNamespace(control=CONTROL))  # type: ignore[assignment]
         self.calls: list[tuple[str, list[str]]] = []
 
-    async def _handle_events(self, batch: Any) -> None:
+    async def _events(self, batch: Any) -> None:
         self.calls.append(("events", [e.message.value for e in batch]))
 
     async def _control(self, message: Any) -> None:
@@ -29,27 +29,27 @@ def record(topic: str, value: str) -> Any:
 
 
 async def test_events_before_a_forget_are_applied_before_it_and_events_after_it_after_it() -> None:
-    handler = RecordingHandler()
+    pipeline = RecordingPipeline()
     batch = [record(EVENTS, "e1"), record(EVENTS, "e2"), record(CONTROL, "forget"), record(EVENTS, "e3")]
-    await handler.handle(batch)
-    assert handler.calls == [("events", ["e1", "e2"]), ("control", ["forget"]), ("events", ["e3"])]
+    await pipeline.process(batch)
+    assert pipeline.calls == [("events", ["e1", "e2"]), ("control", ["forget"]), ("events", ["e3"])]
 
 
 async def test_a_batch_of_only_events_is_handled_in_one_engine_call() -> None:
-    handler = RecordingHandler()
-    await handler.handle([record(EVENTS, "e1"), record(EVENTS, "e2")])
-    assert handler.calls == [("events", ["e1", "e2"])]
+    pipeline = RecordingPipeline()
+    await pipeline.process([record(EVENTS, "e1"), record(EVENTS, "e2")])
+    assert pipeline.calls == [("events", ["e1", "e2"])]
 
 
 async def test_back_to_back_control_records_make_no_empty_engine_calls() -> None:
-    handler = RecordingHandler()
-    await handler.handle([record(CONTROL, "c1"), record(CONTROL, "c2"), record(EVENTS, "e1")])
-    assert handler.calls == [("control", ["c1"]), ("control", ["c2"]), ("events", ["e1"])]
+    pipeline = RecordingPipeline()
+    await pipeline.process([record(CONTROL, "c1"), record(CONTROL, "c2"), record(EVENTS, "e1")])
+    assert pipeline.calls == [("control", ["c1"]), ("control", ["c2"]), ("events", ["e1"])]
 
 
 async def test_an_empty_batch_does_nothing_but_a_retry_runs_the_engine_for_the_waiting_events() -> None:
-    handler = RecordingHandler()
-    await handler.handle([])
-    assert handler.calls == []
-    await handler.retry_waiting()
-    assert handler.calls == [("events", [])]
+    pipeline = RecordingPipeline()
+    await pipeline.process([])
+    assert pipeline.calls == []
+    await pipeline.retry_waiting()
+    assert pipeline.calls == [("events", [])]

@@ -133,11 +133,12 @@ def test_an_item_with_a_precomputed_vector_keeps_it_l2_normalized() -> None:
 def test_every_event_type_parses_into_an_interaction(etype: str) -> None:
     rec = parse_event(event(type=etype), LIMITS)
     assert rec == Interaction(event_id="e1", user_id="U81994", item_id="N55528", type=etype, ts=TS)  # type: ignore[arg-type]
-    assert rec.is_negative_type == (etype in ("dislike", "skip"))
+    assert parse_event(rec.to_json(), LIMITS) == rec  # what the DLQ keeps of an event reads back as the event
 
 
 def test_a_review_keeps_its_text_rating_and_language() -> None:
     rec = parse_event(event(type="review", text="  Très bien écrit.  ", rating=4, lang="FR"), LIMITS)
+    assert parse_event(rec.to_json(), LIMITS) == rec
     assert rec.text == "Très bien écrit."
     assert rec.rating == 4.0 and isinstance(rec.rating, float)
     assert rec.lang == "fr"

@@ -233,7 +233,28 @@ async def test_an_event_for_an_item_that_never_arrives_is_rejected_after_the_wai
     assert rejected.record.event_id == "g"
     assert rejected.error.reason == "unknown_item"
     assert "ghost" in rejected.error.message
-    assert engine.waiting == []
+    assert len(engine.waiting) == 0
+
+
+async def test_a_waiting_event_stays_waiting_while_the_next_batch_awaits_the_store(
+    engine: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offset ledger reads ``waiting`` while a batch is in the engine: it must never see a half-built
+    set, or it would ack a waiting event's message and a crash would lose the event."""
+    profiles: dict[bytes, bytes] = {}
+    await engine.handle_events([event("u1", "late", event_id="w")], profiles)
+    [waiting] = engine.waiting.events()
+    seen: list[bool] = []
+    fetch = engine.store.fetch
+
+    async def watched_fetch(item_ids: list[str], payload_fields: tuple[str, ...] | None = None) -> dict:
+        seen.append(waiting in engine.waiting)
+        return await fetch(item_ids, payload_fields)
+
+    monkeypatch.setattr(engine.store, "fetch", watched_fetch)
+    await engine.handle_events([event("u2", "t0-en-0")], profiles)
+    assert seen and all(seen)
+    assert waiting in engine.waiting
 
 
 async def test_a_user_with_only_a_dislike_gets_a_popularity_list(engine: Recommender) -> None:

@@ -210,6 +210,15 @@ async def test_fetch_returns_normalized_vectors_and_payloads_of_existing_ids(sto
     assert stored.payload == {"lang": "fr", "category": "film", "available": True, "tags": ["x", "y"], "item_id": "a"}
 
 
+async def test_fetch_with_payload_fields_returns_only_those_fields_and_the_same_vectors(store: VectorStore) -> None:
+    raw = np.array([1, 2, 3, 4, 5, 6, 7, 8], dtype=np.float32)
+    await store.upsert([ItemPoint("a", raw, {"lang": "fr", "category": "film", "available": True, "tags": ["x"]})])
+    got = await store.fetch(["a", "missing"], payload_fields=("lang",))
+    assert list(got) == ["a"]
+    assert got["a"].payload == {"lang": "fr", "item_id": "a"}
+    np.testing.assert_allclose(got["a"].vector, raw / np.linalg.norm(raw), atol=1e-6)
+
+
 async def test_delete_removes_items_and_ignores_unknown_ids(store: VectorStore) -> None:
     await store.upsert([item("a", axis(0)), item("b", axis(1))])
     await store.delete(["a", "not-there"])

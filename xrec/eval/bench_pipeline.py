@@ -75,12 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=5_000, help="users in the replayed stream (default 5000)")
     parser.add_argument("--events", type=int, default=20_000, help="events drained at saturation (default 20000)")
     parser.add_argument(
-        "--rate",
-        type=float,
-        default=0.0,
-        help="offered events/s for the latency run (default: half the lists/s at saturation)",
+        "--load-levels",
+        default="10,30,50,70,90",
+        help="offered loads of the latency curve, in percent of the lists/s at saturation (default 10,30,50,70,90)",
     )
-    parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
+    parser.add_argument("--rate", type=float, default=0.0, help="one offered load in events/s instead of --load-levels")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="length of each level of the latency curve (default 10)"
+    )
+    parser.add_argument("--plot", type=Path, help="write the latency-vs-load curve here (PNG)")
     parser.add_argument(
         "--naive-events", type=int, default=3_000, help="events the naive baseline processes (default 3000; 0: skip)"
     )
@@ -91,13 +94,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--held-profiles",
         type=int,
-        default=0,
-        help="profiles the worker holds before the run, restored from its changelog (scaling by users)",
+        default=-1,
+        help="profiles the worker holds before the run, restored from its changelog: returning users U0… with "
+        "20 events each (default: half the users; 0: every user is new)",
     )
     parser.add_argument("--data-dir", type=Path, default=AMAZON_DIR, help="Amazon-M2 sessions folder")
     parser.add_argument("--generated", action="store_true", help="use a generated stream even if the data is there")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--py-spy", type=Path, help="record the worker with py-spy during saturation into this file")
+    parser.add_argument(
+        "--py-spy-level",
+        type=int,
+        help="record the level of the latency curve at this percentage instead of saturation",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, stores) for inspection")
 
 
@@ -369,6 +378,35 @@ def coverage(events: list[dict[str, Any]], records: list[OutRecord]) -> Coverage
     if not times:
         return Coverage(0, math.nan, math.nan, 0)
     return Coverage(sum(done.values()), min(times), max(times), lists, answered)
+
+
+def parse_levels(spec: str) -> list[int]:
+    try:
+        levels = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"--load-levels {spec!r}: expected percentages such as 10,30,50") from None
+    if not levels or any(not 0 < p <= 200 for p in levels):
+        raise CommandError(f"--load-levels {spec!r}: each level must be a percentage above 0 (at most 200)")
+    return levels
+
+
+def batch_phases(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Where the worker's batches spent their time between two readings of its metrics: batches, mean
+    events per batch, and the mean seconds of each phase (``xrec_batch_seconds``) per batch."""
+    from xrec.metrics import BATCH_PHASES
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+    batches = delta("xrec_batch_events_count")
+    out: dict[str, Any] = {
+        "batches": batches,
+        "events_per_batch": delta("xrec_batch_events_sum") / batches if batches else math.nan,
+    }
+    for phase in BATCH_PHASES:
+        count = delta("xrec_batch_seconds_count", phase=phase)
+        out[f"{phase}_ms"] = 1000.0 * delta("xrec_batch_seconds_sum", phase=phase) / count if count else math.nan
+    return out
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -652,7 +690,8 @@ class Bench:
         worker = self.start_worker("xrec", env, with_encoder=False)
         try:
             budget = max(30.0, len(work.events) / 200.0)
-            with self.py_spy(worker.proc.pid, budget if self.args.py_spy else 0):
+            before: dict[str, float] = {}
+            with self.py_spy(worker.proc.pid, budget if self.args.py_spy and self.args.py_spy_level is None else 0):
                 metrics = self.wait_for_events(worker, len(work.events), startup=True)
             out = run_async(read_topic(kw, settings.topic_recommendations))
             sat = coverage(work.events, out)
@@ -673,33 +712,76 @@ class Bench:
                     stage: metric_sum(metrics, "xrec_stage_seconds_sum", stage=stage)
                     for stage in ("decode", "encode", "profile", "query", "rank", "publish")
                 },
+                "batches": batch_phases(before, metrics),
             }
             if self.args.held_profiles:
                 result["held_profiles"] = held
-            latency = self.latency(worker, settings, work, sat.lists_per_s, len(work.events))
+            curve = self.load_curve(worker, settings, work, sat.lists_per_s, len(work.events))
             memory = self.memory(worker, settings, sat, work)
         finally:
             worker.stop()
             shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
-        out = {"saturation": result, "latency": latency, "memory": memory}
+        out = {"saturation": result, "load_curve": curve, "memory": memory}
         if self.profile is not None:
             out["profile"] = self.profile
         return out
 
-    def latency(
+    def load_curve(
         self, worker: Child, settings: Settings, work: Workload, lists_per_s: float, handled: int
+    ) -> list[dict[str, Any]]:
+        """Freshness at several offered loads, in percent of the lists/s at saturation: fresh traffic gets
+        one list per event, and under a backlog a worker coalesces (one list per user per batch), so the
+        events/s of saturation would overstate what it can be offered."""
+        levels = (
+            [(None, self.args.rate)]
+            if self.args.rate
+            else [(p, p / 100.0 * lists_per_s) for p in parse_levels(self.args.load_levels)]
+        )
+        curve = []
+        used = 0
+        for percent, rate in levels:
+            rate = max(1.0, rate)
+            n = max(1, int(rate * self.args.latency_seconds))
+            source = [work.events[(used + i) % len(work.events)] for i in range(n)]
+            used += n
+            events = [{**e, "event_id": f"L{percent}-{i}"} for i, e in enumerate(source)]
+            profile_this = self.args.py_spy is not None and self.args.py_spy_level == percent
+            with self.py_spy(worker.proc.pid, self.args.latency_seconds if profile_this else 0):
+                level = self.offer(worker, settings, events, rate, handled)
+            handled += n
+            level["percent_of_saturation"] = percent
+            curve.append(level)
+            log.info(
+                "offered %.0f events/s (%s%% of saturation): p50 %.0f ms, p99 %.0f ms, %d/%d answered",
+                rate,
+                percent,
+                level["latency_ms"]["p50"],
+                level["latency_ms"]["p99"],
+                level["answered"],
+                n,
+            )
+        return curve
+
+    def offer(
+        self, worker: Child, settings: Settings, events: list[dict[str, Any]], rate: float, handled: int
     ) -> dict[str, Any]:
-        """Freshness at ``--rate``, by default half the lists/s of saturation: under a backlog a worker
-        coalesces (one list per user per batch), so events/s there overstates what fresh traffic, one list
-        per event, can be offered at."""
-        rate = self.args.rate or max(1.0, 0.5 * lists_per_s)
-        n = max(1, min(len(work.events), int(rate * self.args.latency_seconds)))
-        events = [{**e, "event_id": f"L{i}"} for i, e in enumerate(work.events[:n])]
+        """Send ``events`` at ``rate``, each stamped as it goes, and measure when its list came."""
+        n = len(events)
         cpu0 = worker.sampler.read()
+        wall0 = time.time()
+        before = worker.metrics() or {}
         achieved = run_async(produce_paced(self.kafka_kwargs, settings.topic_events, events, rate))
+        cpu_sent = worker.sampler.read()
+        wall_sent = time.time()
+        after_send = worker.metrics() or {}
         self.wait_for_events(worker, handled + n)
         cpu1 = worker.sampler.read()
-        out = run_async(read_topic(self.kafka_kwargs, settings.topic_recommendations))
+        wanted = {e["event_id"] for e in events}
+        out = [
+            r
+            for r in run_async(read_topic(self.kafka_kwargs, settings.topic_recommendations))
+            if r.value is not None and orjson.loads(r.value).get("trigger_event_id") in wanted
+        ]
         cov = coverage(events, out)
         delays = [
             1000.0 * (cov.answered_at[e["event_id"]] - e["ts"] / 1000.0)
@@ -711,8 +793,11 @@ class Bench:
             "achieved_rate": achieved,
             "events": n,
             "answered": len(delays),
+            "lists": cov.lists,
             "latency_ms": percentiles(delays),
             "cpu_s_per_1k_events": 1000.0 * (cpu1[0] - cpu0[0]) / n if cpu0 and cpu1 else math.nan,
+            "cpu_util": (cpu_sent[0] - cpu0[0]) / (wall_sent - wall0) if cpu0 and cpu_sent else math.nan,
+            "batches": batch_phases(before, after_send),
         }
 
     def memory(self, worker: Child, settings: Settings, sat: Coverage, work: Workload) -> dict[str, Any]:
@@ -945,6 +1030,7 @@ def synthetic_profiles(catalog: Catalog, count: int, seed: int) -> Iterator[tupl
                 event_ids=OrderedDict.fromkeys(fps[(j * 20 + i) * 8 : (j * 20 + i + 1) * 8] for i in range(20)),
                 last_ts=now - 3_600_000,
                 events=20,
+                neutral=False,  # built from raw vectors: the worker moves them into its neutral space on load
             )
             yield f"U{base + j}", p.to_bytes()
 
@@ -956,6 +1042,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.from_env()
     if settings.store_backend != "edge":
         raise CommandError("xrec bench pipeline measures the edge store (XREC_STORE_BACKEND=edge)")
+    if args.held_profiles < 0:
+        args.held_profiles = args.users // 2  # returning users with a history, and new ones
+    parse_levels(args.load_levels)  # a bad spec fails before anything starts
     started = time.perf_counter()
     load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="xrec-bench-pipeline-"))
@@ -986,7 +1075,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
     sat = xrec["saturation"]["events_per_s"]
     naive_rate = float(naive.get("events_per_s", math.nan))
-    return {
+    out: dict[str, Any] = {
         "workload": {
             "source": work.source,
             "items": len(work.catalog),
@@ -998,8 +1087,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "catalog": catalog,
         "settings": {
             "partitions": settings.partitions,
-            "batch_size": settings.batch_size,
-            "batch_within_ms": settings.batch_within_ms,
+            "event_batch_size": settings.event_batch_size,
+            "held_profiles": args.held_profiles,
             "interests_k": settings.interests_k,
             "candidates_per_interest": settings.candidates_per_interest,
             "store_index_threshold": settings.store_index_threshold,
@@ -1012,21 +1101,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": load, "load_avg_at_end": os.getloadavg()},
         "seconds": time.perf_counter() - started,
     }
+    if args.plot:
+        out["plot"] = write_plot(out, args.plot)
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
     w, x = result["workload"], result["xrec"]
-    sat, lat, mem = x["saturation"], x["latency"], x["memory"]
+    sat, curve, mem = x["saturation"], x["load_curve"], x["memory"]
     naive, text = result["naive"], result["review_mix"]
     lines = [
         f"workload   {w['source']}: {w['items']} items, {w['users']} users, {w['events']} events",
         f"catalog    load {result['catalog']['load_s']:.1f}s, optimize {result['catalog']['optimize_s']:.1f}s, "
         f"search {result['catalog']['search']}",
         f"xrec       {sat['events_per_s']:.0f} events/s at saturation ({sat['covered']} events, {sat['lists']} lists "
-        f"= {sat['lists_per_s']:.0f}/s, {sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events",
-        f"latency    at {lat['offered_rate']:.0f} events/s offered: p50 {lat['latency_ms']['p50']:.0f} ms, "
-        f"p95 {lat['latency_ms']['p95']:.0f} ms, p99 {lat['latency_ms']['p99']:.0f} ms "
-        f"({lat['answered']}/{lat['events']} answered)",
+        f"= {sat['lists_per_s']:.0f}/s, {sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events, "
+        f"{sat['cpu_util']:.2f} cores",
+        "latency    offered        p50      p95      p99      max  answered  cores  per batch: events, fetch/queue/apply/lists/delivery ms",
+    ]
+    for level in curve:
+        ms, b = level["latency_ms"], level["batches"]
+        share = f"{level['percent_of_saturation']}%" if level["percent_of_saturation"] is not None else "--rate"
+        lines.append(
+            f"  {share:>6} {level['offered_rate']:>6.0f}/s {ms['p50']:>6.0f}ms {ms['p95']:>6.0f}ms {ms['p99']:>6.0f}ms "
+            f"{ms['max']:>6.0f}ms {level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
+            f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
+            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}"
+        )
+    lines += [
         f"memory     {mem['profiles']} profiles, {mem['profile_bytes_mean']:.0f} B each = "
         f"{mem['profile_mb_per_100k']:.0f} MB per 100k (serialized); RSS grew {mem['rss_growth_mb']:.0f} MB "
         f"= {mem['rss_mb_per_100k_new_profiles']:.0f} MB per 100k new profiles",
@@ -1059,4 +1161,47 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"machine    {m['cpus']} CPUs, load {m['load_avg_at_start'][0]:.1f} at start, {m['load_avg_at_end'][0]:.1f} at end; run {result['seconds']:.0f}s"
     )
+    if result.get("plot"):
+        lines.append(f"plot       {result['plot']}")
     return "\n".join(lines)
+
+
+def write_plot(result: dict[str, Any], path: Path) -> str:
+    """Latency percentiles against offered load (percent of saturation), from one run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CommandError("--plot needs matplotlib: pip install 'xrec[dev]' (or matplotlib)") from None
+    curve = [c for c in result["xrec"]["load_curve"] if c["percent_of_saturation"] is not None]
+    sat = result["xrec"]["saturation"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [c["offered_rate"] for c in curve]
+    for key, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^-")):
+        ax.plot(x, [c["latency_ms"][key] for c in curve], style, label=key)
+    for c in curve:
+        ax.annotate(
+            f"{c['percent_of_saturation']}%",
+            (c["offered_rate"], c["latency_ms"]["p99"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+        )
+    ax.set_xlabel(f"offered events/s (saturation {sat['lists_per_s']:.0f} lists/s, {sat['events_per_s']:.0f} events/s)")
+    ax.set_ylabel("event → list latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    w = result["workload"]
+    ax.set_title(
+        f"xrec bench pipeline: {w['items']} items, {w['users']} users, {result['settings']['held_profiles']} held profiles",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)

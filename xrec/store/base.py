@@ -156,8 +156,11 @@ class VectorStore(Protocol):
     async def delete(self, item_ids: Sequence[str]) -> None:
         """Remove items; unknown ids are ignored."""
 
-    async def fetch(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
-        """Vectors and payloads of the ids that exist (missing ids are absent from the result)."""
+    async def fetch(
+        self, item_ids: Sequence[str], payload_fields: tuple[str, ...] | None = None
+    ) -> dict[str, StoredItem]:
+        """Vectors and payloads of the ids that exist (missing ids are absent from the result); with
+        ``payload_fields`` each payload holds only those fields (and ``item_id``)."""
 
     async def query_batch(self, queries: Sequence[VectorQuery], with_vectors: bool = False) -> list[list[Hit]]:
         """Run several queries in one request; results come back in query order, best first."""

@@ -56,10 +56,12 @@ from xrec.store.base import (
     VectorQuery,
     point_id,
 )
-from xrec.store.exact import ExactMirror
+from xrec.store.combiner import SearchCombiner
+from xrec.store.exact import MIRRORED_FIELDS, ExactMirror
 from xrec.store.points import (
     as_vector,
     excluded_point_ids,
+    fields_selection,
     item_id_of,
     payload_selection,
     prepare_upsert,
@@ -125,6 +127,9 @@ class EdgeStore:
         self._shard: qe.EdgeShard | None = None
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrec-edge")
+        self._searches: SearchCombiner[list[VectorQuery], HitColumns | None] = SearchCombiner(
+            lambda groups: self._call("query", self._columns_sync, groups)
+        )
 
     @property
     def dim(self) -> int | None:
@@ -146,12 +151,23 @@ class EdgeStore:
         await self._ready()
         await self._call("delete", self._delete_sync, list(dict.fromkeys(item_ids)))
 
-    async def fetch(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
+    async def fetch(
+        self, item_ids: Sequence[str], payload_fields: tuple[str, ...] | None = None
+    ) -> dict[str, StoredItem]:
+        """Below the index threshold, a fetch that asks only for mirrored payload fields is answered from
+        the mirror (a dict lookup and a copy per item, where Qdrant Edge converts every vector)."""
         if not item_ids:
             return {}
         await self._ready()
-        ids: list[qe.PointId] = [point_id(i) for i in dict.fromkeys(item_ids)]
-        records = await self._call("fetch", lambda: self._require().retrieve(ids, with_payload=True, with_vector=True))
+        unique = list(dict.fromkeys(item_ids))
+        mirrored = await self._call("fetch", self._fetch_mirrored_sync, unique, payload_fields)
+        if mirrored is not None:
+            return mirrored
+        ids: list[qe.PointId] = [point_id(i) for i in unique]
+        selection = fields_selection(payload_fields)
+        records = await self._call(
+            "fetch", lambda: self._require().retrieve(ids, with_payload=selection, with_vector=True)
+        )
         out: dict[str, StoredItem] = {}
         for rec in records:
             payload = dict(rec.payload or {})
@@ -172,11 +188,15 @@ class EdgeStore:
 
     async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
         """Columns from the batched exact search; None past the index threshold (Qdrant's HNSW answers
-        there, one object per hit) or when a query asks for payload fields the mirror does not hold."""
+        there, one object per hit) or when a query asks for payload fields the mirror does not hold.
+
+        Batches asked for while a search runs wait for it and share the next one (one pass over the
+        vectors for all of them): a worker whose batches overlap pays for the pass once.
+        """
         if not queries:
             return None
         await self._ready()
-        return await self._call("query", self._columns_sync, list(queries))
+        return await self._searches.submit(list(queries))
 
     async def count(self) -> int:
         await self._ready()
@@ -339,10 +359,22 @@ class EdgeStore:
         answers = shard.query_batch(qe.QueryBatchRequest(requests))
         return [[_hit(sp, with_vectors) for sp in scored] for scored in answers]
 
-    def _columns_sync(self, queries: list[VectorQuery]) -> HitColumns | None:
-        if self._mirror is None or not self._mirror.can_answer(queries):
+    def _fetch_mirrored_sync(
+        self, item_ids: list[str], payload_fields: tuple[str, ...] | None
+    ) -> dict[str, StoredItem] | None:
+        if self._mirror is None or payload_fields is None or not MIRRORED_FIELDS.issuperset(payload_fields):
             return None
-        return self._mirror.query_columns(queries, vector_matrix([q.vector for q in queries], self._dim, "query"))
+        return {
+            item_id: StoredItem(item_id, vector, payload)
+            for item_id, (vector, payload) in self._mirror.fetch(item_ids, payload_fields).items()
+        }
+
+    def _columns_sync(self, groups: list[list[VectorQuery]]) -> list[HitColumns | None]:
+        everything = [q for group in groups for q in group]
+        if self._mirror is None or not self._mirror.can_answer(everything):
+            return [None for _ in groups]
+        matrix = vector_matrix([q.vector for q in everything], self._dim, "query")
+        return list(self._mirror.query_columns_many(groups, matrix))
 
     def _optimize_sync(self) -> bool:
         shard = self._require()

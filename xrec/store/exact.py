@@ -110,6 +110,18 @@ class ExactMirror:
             self._payloads.pop()
 
     # --- reads -----------------------------------------------------------------------------------
+    def fetch(self, item_ids: Sequence[str], fields: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        """Vector (a copy) and the asked mirrored payload fields of each id held; missing ids are absent."""
+        out = {}
+        for item_id in item_ids:
+            row = self._row.get(item_id)
+            if row is not None:
+                payload = self._payloads[row]
+                wanted = {k: payload[k] for k in fields if k in payload}
+                wanted[ITEM_ID_KEY] = item_id
+                out[item_id] = (self._vectors[row].copy(), wanted)
+        return out
+
     def query_batch(self, queries: Sequence[VectorQuery], matrix: np.ndarray, with_vectors: bool) -> list[list[Hit]]:
         """Top hits of each query: cosine scores, filter, exclusions, ``limit``; best first.
 
@@ -129,8 +141,24 @@ class ExactMirror:
 
     def query_columns(self, queries: Sequence[VectorQuery], matrix: np.ndarray) -> HitColumns:
         """The same answers as ``query_batch`` (vectors included), as columns over the distinct items hit."""
-        tops = self.top_rows(queries, matrix)
-        hit_rows = np.concatenate([rows for rows, _ in tops])
+        return self.columns_of(queries, self.top_rows(queries, matrix))
+
+    def query_columns_many(self, groups: Sequence[Sequence[VectorQuery]], matrix: np.ndarray) -> list[HitColumns]:
+        """``query_columns`` of several query batches (``matrix`` holds all their vectors, in order) from
+        one pass over the catalog: the pass costs the same for a few queries as for a hundred (it is
+        bound by reading the vectors), so batches that arrive while one runs share the next."""
+        everything = [q for group in groups for q in group]
+        tops = self.top_rows(everything, matrix)
+        out = []
+        start = 0
+        for group in groups:
+            out.append(self.columns_of(group, tops[start : start + len(group)]))
+            start += len(group)
+        return out
+
+    def columns_of(self, queries: Sequence[VectorQuery], tops: list[tuple[np.ndarray, np.ndarray]]) -> HitColumns:
+        """Columns over the distinct items of the queries' answers (``top_rows``)."""
+        hit_rows = np.concatenate([rows for rows, _ in tops]) if tops else np.zeros(0, np.int64)
         distinct, numbers = np.unique(hit_rows, return_inverse=True)
         ends = np.cumsum([len(rows) for rows, _ in tops])
         fields = sorted({f for q in queries for f in q.payload_fields or () if f != ITEM_ID_KEY})

@@ -66,9 +66,14 @@ def runnable(queries: Sequence[VectorQuery]) -> list[int]:
 
 def payload_selection(query: VectorQuery) -> bool | list[str]:
     """What to ask the engine for: the whole payload, or the query's fields plus ``item_id``."""
-    if query.payload_fields is None:
+    return fields_selection(query.payload_fields)
+
+
+def fields_selection(fields: tuple[str, ...] | None) -> bool | list[str]:
+    """The whole payload (None), or the fields asked for plus ``item_id``."""
+    if fields is None:
         return True
-    return [ITEM_ID_KEY, *(f for f in query.payload_fields if f != ITEM_ID_KEY)]
+    return [ITEM_ID_KEY, *(f for f in fields if f != ITEM_ID_KEY)]
 
 
 def excluded_point_ids(query: VectorQuery) -> set[str]:

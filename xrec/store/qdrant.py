@@ -32,6 +32,7 @@ from xrec.store.base import (
 from xrec.store.points import (
     as_vector,
     excluded_point_ids,
+    fields_selection,
     item_id_of,
     payload_selection,
     prepare_upsert,
@@ -131,13 +132,17 @@ class QdrantServerStore:
         except Exception as exc:
             raise self._error("delete", exc) from exc
 
-    async def fetch(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
+    async def fetch(
+        self, item_ids: Sequence[str], payload_fields: tuple[str, ...] | None = None
+    ) -> dict[str, StoredItem]:
         if not item_ids:
             return {}
         await self._ready()
         ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
         try:
-            records = await self.client.retrieve(self.collection, ids, with_payload=True, with_vectors=True)
+            records = await self.client.retrieve(
+                self.collection, ids, with_payload=fields_selection(payload_fields), with_vectors=True
+            )
         except Exception as exc:
             raise self._error("fetch", exc) from exc
         out: dict[str, StoredItem] = {}
