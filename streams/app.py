@@ -9,7 +9,6 @@ puts each profile on the same partition number as the user's events.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -19,11 +18,10 @@ from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
 from streams.tables import ProfileTable
-from streams.topics import topic_specs
 from streams.views import register_views
 from xrec import __version__
 from xrec.config import Settings
-from xrec.kafka import KafkaConnection, create_topics, faust_app_kwargs
+from xrec.kafka import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +33,13 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     # Logged here: Faust's on_before_configured fires when the table below first reads app.conf, before
     # a handler connected after it could hear it.
     log.info("xrec %s worker settings: %s", __version__, settings.redacted())
-    faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
+    settings.worker_state_dir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
-        **faust_app_kwargs(settings, bootstrap),
+        **faust_broker_kwargs(settings, bootstrap),
         store="memory://",
         Table=ProfileTable,  # its changelog writes can be awaited before a batch is acked
-        datadir=str(faust_datadir(settings)),
+        datadir=str(settings.worker_state_dir),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
@@ -118,10 +116,17 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     return app
 
 
-async def prepare_topics(settings: Settings, bootstrap: str) -> list[str]:
-    """Create xrec's topics before the worker subscribes, so none is auto-created with 1 partition."""
-    return await create_topics(KafkaConnection.from_settings(settings, bootstrap), topic_specs(settings))
-
-
-def faust_datadir(settings: Settings) -> Path:
-    return settings.home_path / "faust" / settings.app_id
+def faust_broker_kwargs(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
+    """``broker`` and ``broker_credentials`` for ``faust.App`` (Faust's form of the Kafka connection)."""
+    connection = KafkaConnection.from_settings(settings, bootstrap)
+    credentials: Any = None
+    if connection.uses_sasl:
+        credentials = faust.SASLCredentials(
+            username=connection.sasl_username,
+            password=connection.sasl_password,
+            mechanism=connection.sasl_mechanism,
+            ssl_context=connection.ssl_context(),
+        )
+    elif connection.uses_ssl:
+        credentials = faust.SSLCredentials(connection.ssl_context())
+    return {"broker": "kafka://" + ";".join(connection.bootstrap), "broker_credentials": credentials}

@@ -14,7 +14,6 @@ already, so reading them again after a crash re-writes the store but leaves the 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from typing import Any
@@ -22,24 +21,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from streams.dlq import DeadLetters, DeadSource
-from streams.language_stats import LanguageStatsFollower, part_key
+from streams.language_stats import LanguageStatsFollower
 from streams.runtime import Runtime
-from xrec.config import Settings
 from xrec.events import ItemRecord, RecordError, parse_item
 from xrec.kafka import aiokafka_kwargs
 from xrec.pipeline import ItemBatchResult
 from xrec.space import CountedStats, LanguageStats
+from xrec.topics import items_group_id, stats_part_key
 
 log = logging.getLogger(__name__)
-
-
-def items_group_id(settings: Settings) -> str:
-    """One consumer group per store: per data directory for ``edge``, shared for a Qdrant server."""
-    if settings.store_backend == "edge":
-        where = str(settings.store_dir.resolve() / settings.collection)
-    else:
-        where = f"{settings.qdrant_url}/{settings.collection}"
-    return f"{settings.app_id}-items-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
 
 
 class ItemIndexer:
@@ -119,7 +109,7 @@ class ItemIndexer:
                     continue
                 records.append(record)
                 sources[id(record)] = message
-        key = part_key(self.group, tp.partition)
+        key = stats_part_key(self.group, tp.partition)
         through = self.counted_through.get(tp, -1)
         last = messages[-1].offset
         counted = [r for r in records if sources[id(r)].offset <= through]  # read again after a crash
@@ -201,12 +191,12 @@ class _TakeOverStatistics(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
-            self.indexer.stats.let_go(part_key(self.indexer.group, tp.partition))
+            self.indexer.stats.let_go(stats_part_key(self.indexer.group, tp.partition))
             self.indexer.counted_through.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         for tp in assigned:
-            key = part_key(self.indexer.group, tp.partition)
+            key = stats_part_key(self.indexer.group, tp.partition)
             self.indexer.counted_through[tp] = self.indexer.stats.take_over(key)
 
 

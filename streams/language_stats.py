@@ -26,10 +26,6 @@ from xrec.space import CountedStats, LanguageSpace
 log = logging.getLogger(__name__)
 
 
-def part_key(items_group: str, partition: int) -> str:
-    return f"{items_group}/{partition}"
-
-
 class LanguageStatsFollower:
     """Reads the statistics topic from the beginning and keeps following it.
 

@@ -12,12 +12,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.topics import TopicNames
 from xrec.config import Settings
 from xrec.events import Limits, RecommendationList
 from xrec.metrics import XrecMetrics
 from xrec.pipeline import Encoder, Recommender
 from xrec.store.base import VectorStore
+from xrec.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,14 @@ import sys
 
 import faust
 
-from streams.app import create_app, prepare_topics
+from streams.app import create_app
 from streams.runtime import Runtime, load_encoder
 from xrec.config import Settings
 from xrec.kafka import run_blocking
 from xrec.metrics import XrecMetrics
 from xrec.store import open_store
 from xrec.store.exact import use_one_blas_thread
+from xrec.topics import prepare_topics
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from xrec.config import Settings
+from xrec.errors import XrecError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ NODE_ID = 1
 _COMPLETE_MARKER = ".complete"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(XrecError, RuntimeError):
     """The local broker cannot be fetched, started or stopped; the message says what to do."""
 
 

@@ -13,9 +13,9 @@ import sys
 
 from xrec import __version__
 from xrec.config import SettingsError
-from xrec.errors import CommandError
+from xrec.errors import XrecError
 
-__all__ = ["CommandError", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 #: Command modules in the order ``xrec --help`` lists them.
 COMMAND_MODULES = ("demo", "worker", "broker", "model", "produce", "tail", "eval", "bench", "config")
@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except CommandError as exc:
-        print(f"xrec: {exc}", file=sys.stderr)
-        return exc.exit_code
     except SettingsError as exc:
         print(f"xrec: configuration: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except XrecError as exc:  # every error xrec raises on purpose: one line, no traceback
+        print(f"xrec: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

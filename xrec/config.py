@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from xrec.errors import XrecError
+
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 StoreBackend = Literal["edge", "qdrant"]
 LanguagePolicy = Literal["any", "prefer", "only"]
@@ -25,8 +27,10 @@ DEFAULT_EVENT_WEIGHTS = "view=0.3,click=1.0,like=1.5,add_to_cart=2.0,purchase=3.
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "qdrant_api_key", "kafka_ssl_key_password"})
 
 
-class SettingsError(ValueError):
+class SettingsError(XrecError, ValueError):
     """A ``XREC_*`` variable holds a value that cannot be used; the message names the variable."""
+
+    exit_code = 2
 
 
 def _setting(default: Any, doc: str, env: str | None = None) -> Any:
@@ -45,6 +49,12 @@ class Settings:
     # --- paths -------------------------------------------------------------------------------
     home: str = _setting(
         "", "Cache root: Kafka jars, prepared model, local broker and store data (default ~/.cache/xrec)."
+    )
+
+    data_dir: str = _setting(
+        "",
+        "Folder of the evaluation and benchmark data (mind-xmind/, masakhanews/, tatoeba/, amazon-m2/); "
+        "default: ../shared/data beside the xrec checkout. Commands also take --data-dir.",
     )
 
     # --- Kafka -------------------------------------------------------------------------------
@@ -94,7 +104,6 @@ class Settings:
         "Tokens (padded) per forward pass, bounding the encoder's memory (0: 8192 on a GPU, 1024 on CPU, "
         "where smaller passes stay in cache: `xrec bench encoder`).",
     )
-    microbatch_wait_ms: float = _setting(2.0, "How long the micro-batcher waits to gather concurrent encode calls.")
     encoder_threads: int = _setting(
         0, "CPU threads torch uses for encoding on CPU (0: the cores this process may use)."
     )
@@ -129,10 +138,15 @@ class Settings:
     )
     event_batch_size: int = _setting(
         2048,
-        "Events the event agent takes at most per batch. A batch closes after XREC_BATCH_WITHIN_MS, so it only fills "
-        "up while the worker is behind; then each user's events in it get one list (a backlog is coalesced).",
+        "Events one batch of the event loop takes at most. A batch is what has arrived (events never wait for more), "
+        "so it only fills up while the worker is behind; then each user's events in it get one list (a backlog is "
+        "coalesced).",
     )
-    batch_within_ms: float = _setting(50.0, "How long an agent waits to fill a batch.")
+    batch_within_ms: float = _setting(
+        50.0,
+        "How long the item indexer waits for more item records to encode together (events never wait: a batch "
+        "of events is what has arrived).",
+    )
     dedup_window: int = _setting(
         512, "Event ids remembered per user (8 bytes each, in the profile) to drop redeliveries."
     )
@@ -199,7 +213,6 @@ class Settings:
         "Items and reviews without a lang get one identified from their text; correct: also replace a lang the "
         "identifier confidently contradicts; off: keep what producers send.",
     )
-    coalesce_ms: float = _setting(0.0, "Extra wait to coalesce a burst of one user's events into one list.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -225,6 +238,18 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home) if self.home else default_home()
+
+    def shared_data(self, name: str) -> Path:
+        """A data set's folder: under ``XREC_DATA_DIR``, else ``../shared/data`` beside the checkout that
+        holds this package (what a fresh clone next to the project's data has); never the working directory."""
+        if self.data_dir:
+            return Path(self.data_dir) / name
+        return Path(__file__).resolve().parents[2] / "shared" / "data" / name
+
+    @property
+    def worker_state_dir(self) -> Path:
+        """Where a worker keeps its local state (Faust's data directory): one per app id."""
+        return self.home_path / "faust" / self.app_id
 
     @property
     def store_dir(self) -> Path:
@@ -292,7 +317,8 @@ def _coerce(name: str, hint: Any, raw: str) -> Any:
     return raw
 
 
-EVENT_TYPES = ("view", "click", "like", "add_to_cart", "purchase", "review", "dislike", "skip")
+EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "review", "dislike", "skip"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)  # the one list of event types (wire and weights)
 
 
 def parse_event_weights(spec: str) -> dict[str, float]:

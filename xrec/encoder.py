@@ -2,9 +2,9 @@
 
 Texts are tokenized once, sorted by length and cut into forward passes of at most ``token_budget``
 padded tokens, so padding stays small and memory is bounded whatever the input; vectors come back in
-input order, mean-pooled over real tokens and L2-normalized (float32). The asyncio side gathers
-concurrent ``encode_one`` calls into one pass and runs every pass in one worker thread, so the event
-loop (and with it Kafka heartbeats and fetches) keeps running while the model works.
+input order, mean-pooled over real tokens and L2-normalized (float32). ``encode_many`` runs a call in
+the encoder's own thread, so the event loop (and with it Kafka heartbeats and fetches) keeps running
+while the model works; the worker hands it all the texts of a batch at once.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import os
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from xrec.config import Settings
-from xrec.errors import CommandError
+from xrec.errors import XrecError
 from xrec.modelhub import resolve_model
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["query", "passage"]
 
 
-class DeviceUnavailableError(CommandError):
+class DeviceUnavailableError(XrecError):
     """The device the settings ask for is not present; never replaced silently by another one."""
 
 
@@ -79,8 +78,6 @@ class EncoderStats:
     padded_tokens: int = 0  # tokens the model actually processed, padding included
     last_batch_size: int = 0
     max_padded_tokens: int = 0  # largest single pass
-    microbatches: int = 0  # passes started by the asyncio micro-batcher
-    microbatched_texts: int = 0
     seconds: float = 0.0  # time spent in forward passes
 
 
@@ -181,7 +178,7 @@ def _cpu_threads(settings: Settings) -> int:
 
 
 class TextEncoder:
-    """Sentence embeddings from a Hugging Face encoder: ``encode`` for batches, ``encode_one`` for asyncio.
+    """Sentence embeddings from a Hugging Face encoder: ``encode``, and ``encode_many`` for asyncio.
 
     ``model`` is a hub id or a local directory; by default ``settings.model`` resolved by
     :func:`xrec.modelhub.resolve_model`. Remote code is never trusted.
@@ -232,9 +229,6 @@ class TextEncoder:
         self._lock = threading.RLock()
         self._dim = int(getattr(config, "hidden_size", 0)) or int(self._encode_prefixed(["x"]).shape[1])
         self._executor: ThreadPoolExecutor | None = None
-        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _MicroBatcher] = (
-            weakref.WeakKeyDictionary()
-        )
         log.info(
             "encoder %s on %s (%s), dim %d, max %d tokens, %d tokens per pass, prefixes query=%r passage=%r%s",
             name,
@@ -319,14 +313,6 @@ class TextEncoder:
 
     # --- asyncio API -----------------------------------------------------------------------------
 
-    async def encode_one(self, text: str, kind: Kind = "passage") -> np.ndarray:
-        """One text's vector; concurrent calls within ``microbatch_wait_ms`` share one forward pass."""
-        loop = asyncio.get_running_loop()
-        batcher = self._batchers.get(loop)
-        if batcher is None:
-            batcher = self._batchers[loop] = _MicroBatcher(self, loop)
-        return await batcher.submit(self.prefixes.for_kind(kind) + text)
-
     async def encode_many(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         """``encode`` run in the encoder's worker thread, so the event loop keeps going."""
         loop = asyncio.get_running_loop()
@@ -347,58 +333,6 @@ class TextEncoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass
-class _Request:
-    text: str
-    future: asyncio.Future[np.ndarray]
-
-
-@dataclass
-class _MicroBatcher:
-    """Per event loop: queue of waiting texts and the task that drains it in passes."""
-
-    encoder: TextEncoder
-    loop: asyncio.AbstractEventLoop
-    pending: list[_Request] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    max_texts: int = 1024
-
-    async def submit(self, text: str) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = self.loop.create_future()
-        self.pending.append(_Request(text, future))
-        if self.task is None:
-            self.task = self.loop.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            await asyncio.sleep(self.encoder.settings.microbatch_wait_ms / 1000.0)
-            while self.pending:
-                # Requests that arrived during the previous pass have waited already: no second wait.
-                batch = [r for r in self.pending[: self.max_texts] if not r.future.done()]
-                del self.pending[: self.max_texts]
-                if batch:
-                    await self._run(batch)
-        finally:
-            self.task = None
-
-    async def _run(self, batch: list[_Request]) -> None:
-        enc = self.encoder
-        try:
-            vectors = await self.loop.run_in_executor(enc._worker(), enc._encode_prefixed, [r.text for r in batch])
-        except Exception as exc:
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(exc)
-            return
-        with enc._lock:
-            enc.stats.microbatches += 1
-            enc.stats.microbatched_texts += len(batch)
-        for r, vector in zip(batch, vectors, strict=True):
-            if not r.future.done():
-                r.future.set_result(vector)
 
 
 def _no_pooler(config: Any) -> dict[str, Any]:

@@ -12,14 +12,13 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
 
-from xrec.config import EVENT_TYPES, Settings
-
-EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "review", "dislike", "skip"]
+from xrec.config import EVENT_TYPES, EventType, Settings
+from xrec.errors import XrecError
 
 #: Stable reason codes. They are metric labels and DLQ fields, so the set stays small and fixed.
 REASONS = (
@@ -50,7 +49,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 
-class RecordError(ValueError):
+class RecordError(XrecError, ValueError):
     """A record that cannot be processed; ``reason`` is one of ``REASONS``."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from xrec.config import Settings, SettingsError
+from xrec.errors import XrecError
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,11 @@ class KafkaSettingsError(SettingsError):
     """The Kafka connection settings cannot work together; the message names the variable."""
 
 
-class KafkaUnreachableError(RuntimeError):
+class KafkaUnreachableError(XrecError, RuntimeError):
     """No bootstrap server accepted a connection; the message says why for each (never the password)."""
 
 
-class TopicCreationError(RuntimeError):
+class TopicCreationError(XrecError, RuntimeError):
     """The broker refused to create a topic; the message names the topic and the broker's reason."""
 
 
@@ -148,26 +149,6 @@ class KafkaConnection:
             kwargs["ssl_context"] = context
         return kwargs
 
-    def faust_broker_url(self) -> str:
-        """Faust's form of several brokers: ``kafka://h1:9092;h2:9092``."""
-        return "kafka://" + ";".join(self.bootstrap)
-
-    def faust_kwargs(self) -> dict[str, Any]:
-        """``broker`` and ``broker_credentials`` for ``faust.App``; Faust is imported only here, on demand."""
-        import faust
-
-        credentials: Any = None
-        if self.uses_sasl:
-            credentials = faust.SASLCredentials(
-                username=self.sasl_username,
-                password=self.sasl_password,
-                mechanism=self.sasl_mechanism,
-                ssl_context=self.ssl_context(),
-            )
-        elif self.uses_ssl:
-            credentials = faust.SSLCredentials(self.ssl_context())
-        return {"broker": self.faust_broker_url(), "broker_credentials": credentials}
-
     def describe(self) -> str:
         """One log-safe line: where, which protocol, which user; never a password."""
         parts = [self.bootstrap_string, self.security_protocol]
@@ -196,11 +177,6 @@ def split_bootstrap(bootstrap: str | Sequence[str]) -> tuple[str, ...]:
 def aiokafka_kwargs(settings: Settings, bootstrap: str | Sequence[str] | None = None) -> dict[str, Any]:
     """aiokafka client kwargs from settings (see ``KafkaConnection.aiokafka_kwargs``)."""
     return KafkaConnection.from_settings(settings, bootstrap).aiokafka_kwargs()
-
-
-def faust_app_kwargs(settings: Settings, bootstrap: str | Sequence[str] | None = None) -> dict[str, Any]:
-    """``faust.App`` kwargs (broker URL and credentials) from settings."""
-    return KafkaConnection.from_settings(settings, bootstrap).faust_kwargs()
 
 
 @dataclass(frozen=True)
@@ -315,3 +291,42 @@ def run_blocking(make_coroutine: Callable[[], Coroutine[Any, Any, T]], timeout_s
     if error:
         raise error[0]
     return result[0]
+
+
+async def read_to_end(
+    kwargs: Mapping[str, Any],
+    topic: str,
+    on_record: Callable[[Any], None],
+    *,
+    timeout_s: float = 120.0,
+) -> bool:
+    """Hand every record of ``topic`` up to the end it has when the read starts to ``on_record``
+    (aiokafka's ``ConsumerRecord``, in offset order within a partition).
+
+    It reads without a consumer group, so nobody's committed offsets move. A topic that does not exist
+    reads as empty. False when ``timeout_s`` ran out before the end was reached.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        ends: dict[Any, int] | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    on_record(record)
+            assigned = consumer.assignment()
+            if not assigned:
+                continue  # the subscription is not assigned yet
+            if ends is None:
+                ends = await consumer.end_offsets(list(assigned))
+            if all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                return True
+        return False
+    finally:
+        await consumer.stop()

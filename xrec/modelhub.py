@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from xrec.config import Settings
-from xrec.errors import CommandError
+from xrec.errors import XrecError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ DTYPE_F32 = 0
 DTYPE_Q4_0 = 1
 
 
-class ModelUnavailableError(CommandError):
+class ModelUnavailableError(XrecError):
     """The encoder cannot be found or built; the message says what to do, in one line."""
 
 

@@ -8,6 +8,7 @@ query for every user touched, one list per user however many of their events the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -490,18 +491,7 @@ class Recommender:
         )
 
     def _stage(self, name: str) -> Any:
-        return self.metrics.time_stage(name) if self.metrics else _NULL
+        return self.metrics.time_stage(name) if self.metrics else contextlib.nullcontext()
 
     def _store_op(self, name: str) -> Any:
-        return self.metrics.observe_store(name, self.store.name) if self.metrics else _NULL
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NULL = _NullContext()
+        return self.metrics.observe_store(name, self.store.name) if self.metrics else contextlib.nullcontext()

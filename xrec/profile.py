@@ -28,14 +28,17 @@ _MAGIC = b"XP1"
 _HEADER = struct.Struct("<3sBHI")  # magic, version, dim, metadata length
 
 
+_DEFAULTS = Settings()  # the one source of every default; ProfileParams() equals the settings' defaults
+
+
 @dataclass(frozen=True)
 class ProfileParams:
     """The knobs of the user model, taken from Settings."""
 
-    k: int = 6
-    threshold: float = 0.75
-    half_life_hours: float = 72.0
-    seen_max: int = 500
+    k: int = _DEFAULTS.interests_k
+    threshold: float = _DEFAULTS.interest_threshold
+    half_life_hours: float = _DEFAULTS.half_life_hours
+    seen_max: int = _DEFAULTS.seen_max
     disliked_max: int = 200
 
     @classmethod

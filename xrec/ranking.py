@@ -36,20 +36,22 @@ from xrec.profile import ProfileParams, UserProfile
 from xrec.space import NeutralSpace
 from xrec.store.base import Hit, HitColumns, ItemFilter, VectorQuery
 
+_DEFAULTS = Settings()  # the one source of every default; RankParams() equals the settings' defaults
+
 
 @dataclass(frozen=True)
 class RankParams:
-    list_length: int = 10
-    candidates_per_interest: int = 50
-    interest_temperature: float = 20.0
-    negative_weight: float = 0.5
-    language_policy: str = "any"
-    language_weight: float = 0.05
-    freshness_weight: float = 0.0
-    freshness_half_life_hours: float = 48.0
-    trending_weight: float = 0.0
-    mmr_lambda: float = 0.8
-    query_expansion: int = 0
+    list_length: int = _DEFAULTS.list_length
+    candidates_per_interest: int = _DEFAULTS.candidates_per_interest
+    interest_temperature: float = _DEFAULTS.interest_temperature
+    negative_weight: float = _DEFAULTS.negative_weight
+    language_policy: str = _DEFAULTS.language_policy
+    language_weight: float = _DEFAULTS.language_weight
+    freshness_weight: float = _DEFAULTS.freshness_weight
+    freshness_half_life_hours: float = _DEFAULTS.freshness_half_life_hours
+    trending_weight: float = _DEFAULTS.trending_weight
+    mmr_lambda: float = _DEFAULTS.mmr_lambda
+    query_expansion: int = _DEFAULTS.query_expansion
 
     @classmethod
     def from_settings(cls, s: Settings) -> RankParams:

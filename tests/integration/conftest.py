@@ -1,5 +1,7 @@
 """Real worker processes for integration tests: each test gets its own topics, app id and store.
 
+The workers are ``xrec.worker_process.WorkerProcess``, the harness the demo and the benchmark use.
+
 ``worker_env`` names everything uniquely, so tests share the session broker without seeing each
 other's records; ``start_worker`` runs ``xrec worker`` as a subprocess and waits for /readyz.
 """
@@ -7,13 +9,8 @@ other's records; ``start_worker`` runs ``xrec worker`` as a subprocess and waits
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,66 +22,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from xrec.broker import free_port
+from xrec.worker_process import WORKER_COMMAND, WorkerProcess
 
 READY_TIMEOUT_S = 180.0
-
-
-@dataclass
-class WorkerProcess:
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes]
-    web_port: int
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.web_port}{path}"
-
-    def get_json(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:
-            return resp.read().decode()
-
-    def metric(self, name: str) -> float:
-        """Sum of every sample of ``name`` (all label sets)."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            try:
-                status, body = self.get_json("/readyz")
-                if status == 200 and body.get("ready"):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"worker not ready after {timeout_s:.0f}s; log:\n{self.log_tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -107,14 +47,10 @@ class WorkerEnv:
         env = {**os.environ, **self.env, "XREC_WEB_PORT": str(port), **extra_env}
         env["XREC_STORE_PATH"] = str(store_path or self.tmp / "store")
         log_path = self.tmp / f"worker-{len(self.workers)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "xrec.cli", "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        worker = WorkerProcess(env, log_path, proc, port)
+        worker = WorkerProcess(env, log_path, port, [*WORKER_COMMAND, *args]).start()
         self.workers.append(worker)
         if wait:
-            worker.wait_ready()
+            worker.wait_ready(READY_TIMEOUT_S)
         return worker
 
     # --- Kafka helpers ------------------------------------------------------------------------

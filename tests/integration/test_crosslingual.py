@@ -22,7 +22,7 @@ from xrec.config import Settings
 from xrec.demo.catalog import build_catalog
 from xrec.modelhub import DEFAULT_MODEL_ID, default_model_dir
 
-SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "multilingual_sample.tsv"
+SAMPLE = Path(__file__).resolve().parents[2] / "xrec" / "data" / "multilingual_sample.tsv"
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def model_ready() -> None:
 def index(worker_env: WorkerEnv, worker: WorkerProcess, records: list[dict[str, Any]]) -> None:
     worker_env.produce_json(worker_env.topics["items"], "item_id", records)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and worker.metric("xrec_items_indexed") < len(records):
+    while time.monotonic() < deadline and worker.metrics().sum("xrec_items_indexed") < len(records):
         time.sleep(0.5)
-    assert worker.metric("xrec_items_indexed") == len(records), worker.log_tail()
+    assert worker.metrics().sum("xrec_items_indexed") == len(records), worker.log_tail()
 
 
 def read_list(worker_env: WorkerEnv, user: str, clicked: list[str]) -> list[str]:
@@ -126,9 +126,9 @@ def test_a_missing_wrong_or_unknown_lang_is_resolved_and_never_stops_the_worker(
     worker = worker_env.start_worker()
     worker_env.produce_json(worker_env.topics["items"], "item_id", catalog + odd)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and worker.metric("xrec_items_indexed") < len(catalog) + 3:
+    while time.monotonic() < deadline and worker.metrics().sum("xrec_items_indexed") < len(catalog) + 3:
         time.sleep(0.5)
-    assert worker.metric("xrec_items_indexed") == len(catalog) + 3, worker.log_tail()
+    assert worker.metrics().sum("xrec_items_indexed") == len(catalog) + 3, worker.log_tail()
     review = {
         "event_id": "r1",
         "user_id": "critic",
@@ -150,14 +150,13 @@ def test_a_missing_wrong_or_unknown_lang_is_resolved_and_never_stops_the_worker(
     metrics = worker.metrics()
 
     def resolved(kind: str, source: str) -> float:
-        line = f'xrec_languages_resolved_total{{kind="{kind}",source="{source}"}}'
-        return sum(float(x.rsplit(" ", 1)[1]) for x in metrics.splitlines() if x.startswith(line))
+        return metrics.sum("xrec_languages_resolved_total", kind=kind, source=source)
 
     assert resolved("item", "identified") == 1
     assert resolved("item", "corrected") == 1
     assert resolved("item", "label") == len(catalog) + 1
     assert resolved("review", "identified") == 1
-    assert worker.proc.poll() is None
+    assert worker.exited() is None
     dlq = worker_env.consume(worker_env.topics["dlq"], lambda ms: len(ms) >= 1, timeout_s=30)
     assert [m.key for m in dlq] == [b"bad-tag"]
 
@@ -188,6 +187,6 @@ def test_a_restarted_worker_ranks_in_the_neutral_space_it_had_without_indexing_a
 
     again = worker_env.start_worker(*args)
     items = read_list(worker_env, "returning", ["zh-0-0", "zh-0-1", "zh-0-2"])
-    assert again.metric("xrec_items_total") == 0, "the restarted worker read items again"
+    assert again.metrics().sum("xrec_items_total") == 0, "the restarted worker read items again"
     assert all(i.split("-")[1] == "0" for i in items), items
     assert sum(i.startswith("en-") for i in items) >= 2, items  # as encoded, the list stays in Mandarin

@@ -1,6 +1,6 @@
 """The real default model puts a sentence and its translations together, across scripts.
 
-The sample (tests/fixtures/multilingual_sample.tsv) holds 12 topics, each written in 8 languages
+The sample (xrec/data/multilingual_sample.tsv) holds 12 topics, each written in 8 languages
 (Latin, Cyrillic, Han, Kana and Arabic scripts); chance level for the retrieval checks is 1/12.
 """
 
@@ -18,7 +18,7 @@ from xrec.modelhub import ModelUnavailableError, prepare_default_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "multilingual_sample.tsv"
+SAMPLE = Path(__file__).resolve().parents[2] / "xrec" / "data" / "multilingual_sample.tsv"
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +71,14 @@ def test_translations_are_much_closer_than_unrelated_sentences(encoder: TextEnco
     assert translations - unrelated > 0.05
 
 
-async def test_encode_one_gives_the_same_vectors_as_encode_with_the_real_model(encoder: TextEncoder, sample) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
-    _, _, texts = sample
-    picked = texts[::7]
-    together = encoder.encode(picked, kind="query")
-    one_by_one = await asyncio.gather(*(encoder.encode_one(t, kind="query") for t in picked))
-    np.testing.assert_allclose(np.stack(one_by_one), together, atol=1e-4)
+TATOEBA = Settings.from_env().shared_data("tatoeba") / "tatoeba_6lang_eng.tsv"
 
 
-TATOEBA = Path("..") / "shared" / "data" / "tatoeba" / "tatoeba_6lang_eng.tsv"
-
-
-@pytest.mark.skipif(not TATOEBA.is_file(), reason=f"{TATOEBA} is not present (run from the repository root)")
+@pytest.mark.skipif(not TATOEBA.is_file(), reason=f"{TATOEBA} is not present (set XREC_DATA_DIR)")
 def test_eval_align_retrieves_real_tatoeba_translations_in_both_directions(encoder: TextEncoder) -> None:
     import argparse
 
-    from xrec.eval import eval_align
+    from xrec.eval import align as eval_align
 
     result = eval_align.run(argparse.Namespace(file=str(TATOEBA), limit=40, kind="query"))
     assert set(result["languages"]) == {"deu", "fra", "spa", "ita", "jpn", "cmn"}
@@ -103,7 +93,7 @@ def test_eval_align_names_a_missing_file_in_one_line(tmp_path: Path) -> None:
     import argparse
 
     from xrec.errors import CommandError
-    from xrec.eval import eval_align
+    from xrec.eval import align as eval_align
 
     with pytest.raises(CommandError, match="not found"):
         eval_align.run(argparse.Namespace(file=str(tmp_path / "missing.tsv"), limit=0, kind="query"))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mind-xmind"
+from xrec.config import Settings
+
+DATA = Settings.from_env().shared_data("mind-xmind")
 
 pytestmark = [
     pytest.mark.slow,

@@ -28,7 +28,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.topics import topic_specs
 from tests.integration.conftest import WorkerEnv, WorkerProcess, lists_for
 from xrec.broker import LocalBroker, default_cache_dir, free_port
 from xrec.config import Settings
@@ -36,6 +35,7 @@ from xrec.events import parse_vector
 from xrec.kafka import create_topics, run_blocking
 from xrec.profile import ProfileParams, UserProfile, event_fingerprint, event_weight
 from xrec.store.edge import EdgeStore
+from xrec.topics import topic_specs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -249,7 +249,7 @@ def wait_reflected(
         if all(u in stored and stored[u].events >= p.events for u, p in expected.items()):
             return stored
         for w in workers:
-            assert w.proc.poll() is None, f"worker exited with {w.proc.returncode}:\n{w.log_tail()}"
+            assert w.exited() is None, f"worker exited with {w.exited()}:\n{w.log_tail()}"
         time.sleep(1.0)
     return stored
 
@@ -334,26 +334,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, worker: Wor
     while time.monotonic() < deadline:
         if check():
             return
-        if worker is not None and worker.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {worker.proc.returncode} while waiting for {what}")
+        if worker is not None and worker.exited() is not None:
+            raise AssertionError(f"worker exited with {worker.exited()} while waiting for {what}")
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def metric_sum(worker: WorkerProcess, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` (0 when the worker does not answer)."""
-    try:
-        text = worker.metrics()
-    except OSError:
-        return 0.0
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
+    return worker.metrics_or_empty().sum(name, **labels)
 
 
 def index_items(env: WorkerEnv, worker: WorkerProcess, items: list[dict[str, Any]]) -> None:
@@ -433,7 +422,7 @@ def test_a_worker_killed_mid_stream_restarts_with_every_event_applied_exactly_on
         processed_before_kill = metric_sum(first, "xrec_events_total", outcome="processed")
         first.stop(signal.SIGKILL)
         killed_at = time.monotonic()
-        assert first.proc.returncode == -signal.SIGKILL
+        assert first.exited() == -signal.SIGKILL
         second = env.start_worker(*WORKER_ARGS)
         ready_after = time.monotonic() - killed_at
         producer.join(timeout_s=120)
@@ -510,9 +499,9 @@ def test_the_worker_resumes_by_itself_after_the_broker_restarts_and_loses_nothin
         result = compare(stored, expected, len(events))
         print(
             f"\n[broker restart] {result.figures()}, broker away {up_after:.1f}s, producer retries={producer.retried}, "
-            f"duplicates absorbed={duplicates:.0f}, worker restarted=no (pid {worker.proc.pid} still running)"
+            f"duplicates absorbed={duplicates:.0f}, worker restarted=no (pid {worker.pid} still running)"
         )
-        assert worker.proc.poll() is None, worker.log_tail()
+        assert worker.exited() is None, worker.log_tail()
         assert_no_loss(result, "broker restart", env)
         # and it still answers: a fresh event after the restart publishes a list
         fresh = {"event_id": "after-restart", "user_id": "U0", "item_id": "I3", "type": "click", "ts": _now()}
@@ -553,15 +542,11 @@ def _now() -> int:
 
 def assigned_partitions(worker: WorkerProcess, topic: str) -> set[int]:
     """Partitions of ``topic`` the worker reports lag for (it exports one gauge per owned partition)."""
-    owned: set[int] = set()
-    try:
-        text = worker.metrics()
-    except OSError:
-        return owned
-    for line in text.splitlines():
-        if line.startswith("xrec_consumer_lag{") and f'topic="{topic}"' in line:
-            owned.add(int(line.split('partition="', 1)[1].split('"', 1)[0]))
-    return owned
+    return {
+        int(labels["partition"])
+        for name, labels, _ in worker.metrics_or_empty().samples
+        if name == "xrec_consumer_lag" and labels.get("topic") == topic
+    }
 
 
 def test_a_killed_workers_partitions_move_to_the_survivor_which_restores_profiles_and_continues(

@@ -22,8 +22,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.app import faust_broker_kwargs
 from xrec.config import Settings
-from xrec.kafka import KafkaConnection, TopicSpec, create_topics, faust_app_kwargs
+from xrec.kafka import KafkaConnection, TopicSpec, create_topics
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -40,7 +41,7 @@ def run_forwarder_worker() -> None:
     app_id, source, sink, datadir, guarantee = sys.argv[1:6]
     app = faust.App(
         app_id,
-        **faust_app_kwargs(Settings.from_env()),
+        **faust_broker_kwargs(Settings.from_env()),
         store="memory://",
         web_enabled=False,
         datadir=datadir,

@@ -291,7 +291,7 @@ def test_every_hostile_record_has_its_defined_outcome_and_the_good_ones_around_i
     huge = by_key[b"k-huge"]
     assert huge["value_truncated"] and huge["value_size"] > MAX_RECORD_BYTES and huge["offset"] is not None
     assert by_key[b"k-utf8"]["value_base64"] and by_key[b"k-utf8"]["value"] is None
-    assert worker.proc.poll() is None and worker.get_json("/healthz")[0] == 200
+    assert worker.exited() is None and worker.get_json("/healthz")[0] == 200
     msgs = env.consume(
         env.topics["recommendations"],
         lambda ms: any(x and x["trigger_event_id"] == good_ids[-1] for x in lists_for(ms, "G")),
@@ -378,4 +378,4 @@ def test_a_soak_with_ten_percent_bad_records_accounts_for_every_record_exactly(w
     assert got == {k: float(v) for k, v in expected.items()}
     assert len(dlq) == expected["dlq"] and dlq_reasons == bad_reasons
     assert metric_sum(worker, "xrec_dlq_records_total") == expected["dlq"]
-    assert worker.proc.poll() is None
+    assert worker.exited() is None

@@ -17,7 +17,7 @@ from xrec.modelhub import ModelUnavailableError, prepare_default_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "multilingual_sample.tsv"
+SAMPLE = Path(__file__).resolve().parents[2] / "xrec" / "data" / "multilingual_sample.tsv"
 
 
 def read_sample() -> list[tuple[str, str, str]]:

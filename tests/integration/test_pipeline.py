@@ -55,10 +55,12 @@ def click(user: str, item: str, n: int, etype: str = "click") -> dict[str, Any]:
 def wait_indexed(worker: Any, count: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if worker.metric("xrec_items_indexed") >= count:
+        if worker.metrics().sum("xrec_items_indexed") >= count:
             return
         time.sleep(0.3)
-    raise AssertionError(f"items not indexed: {worker.metric('xrec_items_indexed')} < {count}\n{worker.log_tail()}")
+    raise AssertionError(
+        f"items not indexed: {worker.metrics().sum('xrec_items_indexed')} < {count}\n{worker.log_tail()}"
+    )
 
 
 def start(worker_env: WorkerEnv) -> Any:
@@ -100,7 +102,7 @@ def test_items_are_searchable_in_the_store_and_deletes_remove_them(worker_env: W
     worker = start(worker_env)
     worker_env.produce(worker_env.topics["items"], [(b"T1-3", orjson.dumps({"item_id": "T1-3", "deleted": True}))])
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and worker.metric('xrec_items_total{outcome="deleted"}') < 1:
+    while time.monotonic() < deadline and worker.metrics().sum("xrec_items_total", outcome="deleted") < 1:
         time.sleep(0.3)
     assert worker.stop() == 0, worker.log_tail()
     import asyncio
@@ -142,7 +144,7 @@ def test_a_malformed_record_goes_to_the_dlq_and_the_worker_keeps_going(worker_en
     assert reasons == ["not_json", "unknown_event_type"]
     record = orjson.loads(dlq[0].value)
     assert record["source_topic"] == events and record["offset"] is not None and record["error"]
-    assert worker.metric("xrec_dlq_records_total") == 2
+    assert worker.metrics().sum("xrec_dlq_records_total") == 2
 
 
 def test_seen_items_never_come_back_and_a_dislike_pushes_similar_items_down(worker_env: WorkerEnv) -> None:

@@ -180,9 +180,9 @@ def scraped(prometheus_path: str, worker_env: WorkerEnv, tmp_path: Path) -> Iter
     """
     worker = worker_env.start_worker("--no-encoder", "--dim", str(DIM))
     worker_env.produce_json(worker_env.topics["items"], "item_id", catalog())
-    wait_for(lambda: worker.metric("xrec_items_indexed") >= ITEMS, 60, "items indexed")
+    wait_for(lambda: worker.metrics().sum("xrec_items_indexed") >= ITEMS, 60, "items indexed")
     worker_env.produce_json(worker_env.topics["events"], "user_id", [click("U1", "P0", 0), click("U2", "P3", 1)])
-    wait_for(lambda: worker.metric("xrec_lists_published_total") >= 2, 60, "two lists published")
+    wait_for(lambda: worker.metrics().sum("xrec_lists_published_total") >= 2, 60, "two lists published")
     prom_dir = tmp_path / "prometheus"
     prom_dir.mkdir()
     prom = start_prometheus(prometheus_path, prom_dir, f"127.0.0.1:{worker.web_port}")
@@ -199,13 +199,7 @@ def scraped(prometheus_path: str, worker_env: WorkerEnv, tmp_path: Path) -> Iter
 
 def exposed_series(worker: WorkerProcess) -> set[str]:
     """Sample names in the worker's own exposition (``_created`` timestamps are not samples Prometheus keeps)."""
-    names = set()
-    for line in worker.metrics().splitlines():
-        if line and not line.startswith("#"):
-            name = re.split(r"[{ ]", line, maxsplit=1)[0]
-            if not name.endswith("_created"):
-                names.add(name)
-    return names
+    return {name for name, _, _ in worker.metrics().samples if not name.endswith("_created")}
 
 
 # --- the tests ---------------------------------------------------------------------------------
@@ -216,7 +210,7 @@ def test_prometheus_scrapes_the_worker_and_stores_every_xrec_metric(scraped: Scr
     env.produce(
         env.topics["events"], [(b"elsewhere", orjson.dumps(click(u, "P5", n))) for n, u in ((7, "U3"), (8, "U4"))]
     )
-    wait_for(lambda: worker.metric("xrec_lists_published_total") >= 4, 60, "lists for the re-keyed events")
+    wait_for(lambda: worker.metrics().sum("xrec_lists_published_total") >= 4, 60, "lists for the re-keyed events")
 
     [target] = prom.api("targets")["activeTargets"]
     assert target["health"] == "up", target
@@ -267,7 +261,7 @@ def test_the_dlq_alert_goes_pending_then_firing_after_a_burst_of_malformed_recor
     burst: list[tuple[bytes | None, bytes | None]] = [(f"U{i % 3}".encode(), bad[i % len(bad)]) for i in range(40)]
     sent_at = time.monotonic()
     env.produce(env.topics["events"], burst)
-    wait_for(lambda: worker.metric("xrec_dlq_records_total") >= len(burst), 60, "burst dead-lettered")
+    wait_for(lambda: worker.metrics().sum("xrec_dlq_records_total") >= len(burst), 60, "burst dead-lettered")
 
     wait_for(lambda: "pending" in prom.alert_states(DLQ_ALERT), 60, f"{DLQ_ALERT} pending")
     pending_at = time.monotonic()

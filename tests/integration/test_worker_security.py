@@ -138,7 +138,7 @@ def test_the_web_port_answers_only_on_the_configured_address(worker_env: WorkerE
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _answers("127.0.0.2", other.web_port):
-        assert other.proc.poll() is None, other.log_tail()
+        assert other.exited() is None, other.log_tail()
         time.sleep(0.5)
     figures = {
         "bound 127.0.0.1, asked on 127.0.0.1": _answers("127.0.0.1", local.web_port),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from xrec.eval import bench_store
+from xrec.bench import store as bench_store
 
 
 def tiny_args(**overrides: object) -> argparse.Namespace:

@@ -183,33 +183,6 @@ def test_forcing_cuda_without_a_gpu_is_an_error_not_a_silent_fallback(tiny_model
         TextEncoder(tiny_model_dir, settings=Settings.from_env({}, device="cuda"))
 
 
-async def test_concurrent_encode_one_calls_share_forward_passes(tiny_model_dir: Path) -> None:
-    enc = make_encoder(tiny_model_dir, microbatch_wait_ms=20.0)
-    texts = random_texts(24, seed=4)
-    expected = enc.encode(texts, kind="query")
-    before = enc.stats.batches
-    results = await asyncio.gather(*(enc.encode_one(t, kind="query") for t in texts))
-    passes = enc.stats.batches - before
-    assert passes < len(texts)
-    assert enc.stats.microbatched_texts == len(texts)
-    np.testing.assert_allclose(np.stack(results), expected, atol=1e-5)
-    enc.close()
-
-
-async def test_an_error_in_a_micro_batch_reaches_every_waiting_caller(tiny_model_dir: Path) -> None:
-    enc = make_encoder(tiny_model_dir, microbatch_wait_ms=20.0)
-
-    def broken(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-        raise RuntimeError("model exploded")
-
-    handle = enc.model.register_forward_pre_hook(broken, with_kwargs=True)
-    results = await asyncio.gather(*(enc.encode_one(t) for t in ["w1", "w2 w3"]), return_exceptions=True)
-    assert all(isinstance(r, RuntimeError) for r in results)
-    handle.remove()
-    assert (await enc.encode_one("w1")).shape == (32,)  # the batcher recovers
-    enc.close()
-
-
 async def test_the_event_loop_keeps_running_while_a_large_batch_encodes(tiny_model_dir: Path) -> None:
     enc = make_encoder(tiny_model_dir, token_budget=512)
     recorder = PassRecorder(enc)
@@ -241,9 +214,9 @@ async def test_the_event_loop_keeps_running_while_a_large_batch_encodes(tiny_mod
 def test_bench_encoder_on_cuda_says_plainly_that_no_gpu_is_present() -> None:
     import argparse
 
-    from xrec.errors import CommandError
-    from xrec.eval import bench_encoder
+    from xrec.bench import encoder as bench_encoder
+    from xrec.errors import XrecError
 
-    args = argparse.Namespace(device="cuda", texts=10, baseline_texts=5, seed=0)
-    with pytest.raises(CommandError, match="no CUDA GPU is present"):
+    args = argparse.Namespace(device="cuda", texts=10, baseline_texts=5, seed=0, data_dir=None)
+    with pytest.raises(XrecError, match="no CUDA GPU is present"):
         bench_encoder.run(args)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from xrec.config import Settings
-from xrec.eval import eval_crosslingual as xl
+from xrec.eval import crosslingual as xl
 from xrec.eval.topic_catalog import TopicCatalog, TopicItem, topic_tsv
 
 DIM = 16

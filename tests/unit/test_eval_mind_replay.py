@@ -16,9 +16,9 @@ import numpy as np
 import orjson
 import pytest
 
-from xrec.cli import CommandError
 from xrec.config import Settings
-from xrec.eval import eval_mind
+from xrec.errors import CommandError
+from xrec.eval import mind as eval_mind
 from xrec.eval.mind_data import (
     SCENARIOS,
     SKIP_NO_CANDIDATE,

@@ -7,13 +7,13 @@ import ssl
 
 import pytest
 
+from streams.app import faust_broker_kwargs as faust_app_kwargs
 from xrec.config import Settings
 from xrec.kafka import (
     KafkaConnection,
     KafkaSettingsError,
     TopicSpec,
     aiokafka_kwargs,
-    faust_app_kwargs,
     split_bootstrap,
 )
 

@@ -34,7 +34,7 @@ DIM = 24
 HOUR = 3_600_000
 T0 = 1_700_000_000_000
 PP = ProfileParams(k=4, threshold=0.75, half_life_hours=1.0)
-RP = RankParams(list_length=10, interest_temperature=20.0, mmr_lambda=1.0, language_weight=0.05)
+RP = RankParams(list_length=10, interest_temperature=20.0, mmr_lambda=1.0, language_weight=0.05, query_expansion=0)
 
 
 def topic(i: int) -> np.ndarray:

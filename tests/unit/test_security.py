@@ -16,6 +16,7 @@ import orjson
 import pytest
 import torch
 
+from streams.app import faust_broker_kwargs
 from tests.unit.test_encoder import WORDS, build_tiny_bert
 from xrec.config import Settings
 from xrec.encoder import TextEncoder
@@ -154,7 +155,7 @@ def test_secrets_pass_through_to_the_kafka_clients() -> None:
     settings = secret_settings()
     connection = KafkaConnection.from_settings(settings)
     assert connection.aiokafka_kwargs()["sasl_plain_password"] == MARKER
-    credentials = connection.faust_kwargs()["broker_credentials"]
+    credentials = faust_broker_kwargs(settings)["broker_credentials"]
     assert credentials.password == MARKER
 
 

@@ -316,7 +316,8 @@ async def _raw_list(path, items) -> list[str]:  # type: ignore[no-untyped-def]
     return [x.item_id for x in result.lists[0].items]
 
 
-def test_rank_params_default_to_no_expansion_unless_settings_ask() -> None:
-    assert RankParams().query_expansion == 0
+def test_rank_and_profile_params_default_to_the_settings_defaults() -> None:
+    assert RankParams() == RankParams.from_settings(Settings())
+    assert ProfileParams() == ProfileParams.from_settings(Settings())
     assert RankParams.from_settings(Settings(query_expansion=7)).query_expansion == 7
     assert replace(RP, query_expansion=3).query_expansion == 3

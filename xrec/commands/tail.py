@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,34 +103,11 @@ async def load_titles(
     kwargs: dict[str, Any], topic: str, limit: int = MAX_TITLES, timeout_s: float = 30.0
 ) -> dict[str, ItemInfo]:
     """Titles and languages of the items topic up to its current end (bounded in items and time)."""
-    from aiokafka import AIOKafkaConsumer
+    from xrec.kafka import read_to_end
 
-    consumer = AIOKafkaConsumer(topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
-    await consumer.start()
     titles: dict[str, ItemInfo] = {}
-    try:
-        if topic not in await consumer.topics():
-            log.info("no items topic %s: lists will show item ids only", topic)
-            return titles
-        deadline = time.monotonic() + timeout_s
-        ends: dict[Any, int] | None = None
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    _remember(titles, record.key, record.value, limit)
-            tps = consumer.assignment()
-            if not tps:
-                continue  # the subscription is not assigned yet
-            if ends is None:
-                ends = await consumer.end_offsets(list(tps))
-            positions = {tp: await consumer.position(tp) for tp in tps}
-            if all(positions[tp] >= ends.get(tp, 0) for tp in tps):
-                break
-        else:
-            log.warning("read %d titles from %s in %.0f s and stopped there", len(titles), topic, timeout_s)
-    finally:
-        await consumer.stop()
+    if not await read_to_end(kwargs, topic, lambda r: _remember(titles, r.key, r.value, limit), timeout_s=timeout_s):
+        log.warning("read %d titles from %s in %.0f s and stopped there", len(titles), topic, timeout_s)
     return titles
 
 

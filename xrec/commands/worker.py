@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from xrec.cli import CommandError
+from xrec.errors import CommandError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

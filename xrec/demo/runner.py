@@ -24,11 +24,11 @@ import orjson
 
 from xrec.config import Settings
 from xrec.demo.catalog import LANGUAGES, TOPICS, DemoItem, build_catalog
-from xrec.demo.process import WorkerProcess
 from xrec.demo.simulate import DemoUser, PlannedEvent, make_users, play_order
 from xrec.demo.summary import DemoStats
 from xrec.demo.view import Console
 from xrec.errors import CommandError
+from xrec.worker_process import EMPTY_METRICS, WorkerProcess
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class DemoRun:
             }
             worker = WorkerProcess(env, workdir / "worker.log", web_port)
             t0 = time.monotonic()
-            worker.start()
+            worker.start(own_session=True)  # Ctrl-C reaches the demo, which stops the worker in order
             say(f"started a worker (pid {worker.pid}, {worker.url}, log {worker.log_path}); waiting for /readyz")
             ready = worker.wait_ready(self.options.ready_timeout_s)
             self.timings["worker_ready"] = time.monotonic() - t0
@@ -264,11 +264,11 @@ class DemoRun:
                     f"within {options.lists_timeout_s:.0f} s; see the worker log {worker.log_path}"
                 )
             try:
-                events = await asyncio.to_thread(worker.labelled, "xrec_events_total", "outcome")
-                totals = await asyncio.to_thread(worker.metrics)
+                scrape = await asyncio.to_thread(worker.metrics)
             except (OSError, ValueError) as exc:
                 say(f"WARNING: could not read the worker's /metrics ({exc}); its figures are missing below")
-                events, totals = {}, {}
+                scrape = EMPTY_METRICS
+            events = scrape.by_label("xrec_events_total", "outcome")
             summary = stats.summary()
             summary.update(
                 run=self.prefix,
@@ -276,9 +276,9 @@ class DemoRun:
                 worker={
                     "events_processed": int(events.get("processed", 0)),
                     "events_by_outcome": {k: int(v) for k, v in sorted(events.items())},
-                    "dlq_records": int(totals.get("xrec_dlq_records_total", 0)),
-                    "lists_published": int(totals.get("xrec_lists_published_total", 0)),
-                    "items_indexed": int(totals.get("xrec_items_indexed", 0)),
+                    "dlq_records": int(scrape.sum("xrec_dlq_records_total")),
+                    "lists_published": int(scrape.sum("xrec_lists_published_total")),
+                    "items_indexed": int(scrape.sum("xrec_items_indexed")),
                 },
                 missing_users=missing,
                 final_lists={
@@ -312,8 +312,8 @@ class DemoRun:
                     f"the worker exited while indexing; its log is {worker.log_path}:\n{worker.log_tail()}"
                 )
             with contextlib.suppress(OSError, ValueError):
-                indexed = (await asyncio.to_thread(worker.metrics)).get("xrec_items_indexed", 0.0)
-                outcomes = await asyncio.to_thread(worker.labelled, "xrec_items_total", "outcome")
+                scrape = await asyncio.to_thread(worker.metrics)
+                indexed, outcomes = scrape.sum("xrec_items_indexed"), scrape.by_label("xrec_items_total", "outcome")
             if indexed >= expected:
                 return
             if outcomes.get("dlq", 0) and outcomes.get("upserted", 0) + outcomes.get("dlq", 0) >= expected:
@@ -351,7 +351,7 @@ class DemoRun:
         assert self.result is not None
         self.result["seconds"]["total"] = round(time.monotonic() - self.console.started, 1)
         if self.options.as_json:
-            from xrec.commands import print_json
+            from xrec.jsonout import print_json
 
             print_json(self.result)
         else:
@@ -371,7 +371,8 @@ class DemoRun:
         """Stop in reverse order; every step runs even if an earlier one fails."""
         say = self.console.say
         if worker is not None:
-            say(f"worker {worker.pid}: {worker.stop()}")
+            worker.stop()
+            say(f"worker {worker.pid}: {worker.stop_note}")
         try:
             deleted = _delete_topics(self.settings, bootstrap, self.prefix)
             say(f"deleted this run's {len(deleted)} topics ({self.prefix}.*, {self.prefix}-*)")

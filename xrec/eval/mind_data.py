@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrec.cli import CommandError
+from xrec.errors import CommandError
 from xrec.events import ItemUpsert
 
 NEWS_FILES = {"en": "news_en.tsv", "zh": "news_zh.tsv"}

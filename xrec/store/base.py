@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from xrec.errors import XrecError
+
 #: Namespace for item-id → point-id mapping; changing it orphans every stored point.
 POINT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c43-9a52-8e2f0b1d3c77")
 
@@ -137,7 +139,7 @@ class StoredItem:
     payload: dict[str, Any]
 
 
-class StoreError(RuntimeError):
+class StoreError(XrecError, RuntimeError):
     """A backend operation failed; the message names the operation and the backend."""
 
 

@@ -2,7 +2,7 @@
 
 One run, one broker, one machine:
 
-1. **Catalog.** ``--items`` items with precomputed 384-d vectors (``xrec.eval.sessions``) are written
+1. **Catalog.** ``--items`` items with precomputed 384-d vectors (``xrec.bench.sessions``) are written
    straight into an edge store (``EdgeStore.upsert``, then ``optimize()`` when the catalog is above
    ``XREC_STORE_INDEX_THRESHOLD``, as every catalog-loading command does). The worker and the naive
    baseline each open their own copy of that directory: same data, same index.
@@ -17,7 +17,7 @@ One run, one broker, one machine:
    event (the worker's producer stamps it as it publishes) − the event's ``ts``.
 4. **Memory.** The profile changelog topic is read back: mean serialized profile size × 100k, next to
    the worker's RSS growth while it built those profiles.
-5. **Naive baseline.** ``python -m xrec.eval.naive`` processes the first ``--naive-events`` events of
+5. **Naive baseline.** ``python -m xrec.bench.naive`` processes the first ``--naive-events`` events of
    the same stream one at a time (see that module for exactly what it does), measured the same way.
 6. **Review-heavy mix** (``--with-text``): a worker with the encoder drains a stream in which half the
    events are reviews whose text must be encoded.
@@ -42,8 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -54,10 +52,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from xrec.cli import CommandError
+from xrec.bench.sessions import Catalog, Workload, build_workload, stable_fraction
+from xrec.bench.texts import mind_news, sample_sentences
 from xrec.config import Settings
-from xrec.eval.sessions import AMAZON_DIR, Catalog, Workload, build_workload, stable_fraction
-from xrec.eval.texts import MIND_DIR, SAMPLE_FILE, mind_news, sample_sentences
+from xrec.errors import CommandError
+from xrec.kafka import read_to_end
+from xrec.worker_process import EMPTY_METRICS, WORKER_COMMAND, MetricSamples, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="profiles the worker holds before the run, restored from its changelog: returning users U0… with "
         "20 events each (default: half the users; 0: every user is new)",
     )
-    parser.add_argument("--data-dir", type=Path, default=AMAZON_DIR, help="Amazon-M2 sessions folder")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="Amazon-M2 sessions folder (default: XREC_DATA_DIR/amazon-m2)"
+    )
     parser.add_argument("--generated", action="store_true", help="use a generated stream even if the data is there")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--py-spy", type=Path, help="record the worker with py-spy during saturation into this file")
@@ -181,66 +183,20 @@ class ProcSampler(threading.Thread):
         return {name: last[name] - first.get(name, 0.0) for name in last if last[name] - first.get(name, 0.0) > 0}
 
 
-@dataclass
-class Child:
-    """A subprocess of the bench (worker or baseline) with its log file and sampler."""
+class SampledProcess(WorkerProcess):
+    """A child of the bench (worker or baseline) whose CPU, memory and threads are sampled while it runs."""
 
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    sampler: ProcSampler
-    web_port: int = 0
+    def start(self, *, own_session: bool = False) -> SampledProcess:
+        super().start(own_session=own_session)
+        assert self.pid is not None
+        self.sampler = ProcSampler(self.pid)
+        self.sampler.start()
+        return self
 
-    @classmethod
-    def start(cls, name: str, argv: list[str], env: dict[str, str], log_path: Path, web_port: int = 0) -> Child:
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = ProcSampler(proc.pid)
-        sampler.start()
-        return cls(name, proc, log_path, sampler, web_port)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 25) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def fail(self, what: str) -> CommandError:
-        return CommandError(f"{self.name} {what}; last lines of {self.log_path}:\n{self.log_tail()}")
-
-    def metrics(self) -> dict[str, float] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except (OSError, urllib.error.URLError):
-            return None
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
+        code = super().stop(sig, timeout_s)
         self.sampler.stop()
-
-
-def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
+        return code
 
 
 # --- Kafka helpers -------------------------------------------------------------------------------------
@@ -300,25 +256,8 @@ async def produce_paced(kwargs: dict[str, Any], topic: str, events: list[dict[st
 
 async def read_topic(kwargs: dict[str, Any], topic: str, timeout_s: float = 120.0) -> list[OutRecord]:
     """Every record of ``topic`` up to its end as of when the read starts."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
-    await consumer.start()
     out: list[OutRecord] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        ends: dict[Any, int] | None = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
-            for msgs in batch.values():
-                out.extend(OutRecord(m.key, m.value, m.timestamp) for m in msgs)
-            assigned = consumer.assignment()
-            if ends is None and assigned:
-                ends = await consumer.end_offsets(list(assigned))
-            if ends is not None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
-                break
-    finally:
-        await consumer.stop()
+    await read_to_end(kwargs, topic, lambda m: out.append(OutRecord(m.key, m.value, m.timestamp)), timeout_s=timeout_s)
     return out
 
 
@@ -390,13 +329,13 @@ def parse_levels(spec: str) -> list[int]:
     return levels
 
 
-def batch_phases(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
     """Where the worker's batches spent their time between two readings of its metrics: batches, mean
     events per batch, and the mean seconds of each phase (``xrec_batch_seconds``) per batch."""
     from xrec.metrics import BATCH_PHASES
 
     def delta(name: str, **labels: str) -> float:
-        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+        return after.sum(name, **labels) - before.sum(name, **labels)
 
     batches = delta("xrec_batch_events_count")
     out: dict[str, Any] = {
@@ -421,7 +360,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def cost(child: Child, cov: Coverage) -> dict[str, Any]:
+def cost(child: SampledProcess, cov: Coverage) -> dict[str, Any]:
     """CPU per 1,000 events and RSS growth of ``child`` between the first and the last list."""
     s = child.sampler
     if len(s.samples) < 2 or not cov.covered or math.isnan(cov.first_list_s):
@@ -566,9 +505,8 @@ class Bench:
     def publish_language_stats(self, settings: Settings, catalog: Catalog) -> None:
         """What an indexer would have published for this catalog: the statistics of the neutral space
         (``streams/language_stats.py``), so the worker ranks in it as it would after indexing the items."""
-        from streams.items import items_group_id
-        from streams.language_stats import part_key
         from xrec.space import CountedStats, LanguageStats
+        from xrec.topics import items_group_id, stats_part_key
 
         stats = LanguageStats(catalog.dim)
         langs = np.asarray(catalog.langs)
@@ -578,57 +516,58 @@ class Bench:
             for lang in np.unique(langs[start:stop]):
                 stats.add(str(lang), vectors[langs[start:stop] == lang])
         self.topics_for(settings)
-        key = part_key(items_group_id(settings), 0).encode()
+        key = stats_part_key(items_group_id(settings), 0).encode()
         run_async(
             produce(self.kafka_kwargs, settings.topic_language_stats, [(key, CountedStats(stats, -1).to_bytes())])
         )
 
     def topics_for(self, settings: Settings) -> None:
-        from streams.app import prepare_topics
+        from xrec.topics import prepare_topics
 
         run_async(prepare_topics(settings, self.bootstrap))
 
     # workers ---------------------------------------------------------------------------------------
-    def start_worker(self, name: str, env: dict[str, str], *, with_encoder: bool) -> Child:
-        argv = [sys.executable, "-m", "xrec.cli", "worker"]
-        if not with_encoder:
-            argv += ["--no-encoder", "--dim", str(DIM)]
-        child = Child.start(
-            f"worker {name}", argv, {**os.environ, **env}, self.tmp / f"worker-{name}.log", int(env["XREC_WEB_PORT"])
-        )
-        log.info("started worker %s (pid %d), log %s", name, child.proc.pid, child.log_path)
+    def start_worker(self, name: str, env: dict[str, str], *, with_encoder: bool) -> SampledProcess:
+        argv = [*WORKER_COMMAND, *([] if with_encoder else ["--no-encoder", "--dim", str(DIM)])]
+        log_path = self.tmp / f"worker-{name}.log"
+        log_path.unlink(missing_ok=True)
+        child = SampledProcess(
+            {**os.environ, **env}, log_path, int(env["XREC_WEB_PORT"]), argv, name=f"worker {name}"
+        ).start()
+        log.info("started worker %s (pid %s), log %s", name, child.pid, child.log_path)
         return child
 
-    def wait_for_events(self, child: Child, target: int, startup: bool = False) -> dict[str, float]:
+    def wait_for_events(self, child: SampledProcess, target: int, startup: bool = False) -> MetricSamples:
         """Poll the worker's metrics until it has handled ``target`` events (processed, duplicate or DLQ)."""
         restore_s = self.args.held_profiles / 500.0  # a worker restores its changelog (~1k profiles/s here) first
         deadline = time.monotonic() + (WORKER_START_TIMEOUT_S + restore_s if startup else STALL_TIMEOUT_S)
         last = -1.0
         while True:
             if not child.alive():
-                raise child.fail(f"exited with {child.proc.returncode}")
-            metrics = child.metrics()
-            done = metric_sum(metrics, "xrec_events_total") if metrics else 0.0
-            if metrics and done >= target:
+                raise child.failure(f"exited with {child.exited()}")
+            metrics = child.metrics_or_empty()
+            done = metrics.sum("xrec_events_total")
+            if metrics.samples and done >= target:
                 return self._settled(child, metrics)
             if done > last:
                 last = done
                 deadline = max(deadline, time.monotonic() + STALL_TIMEOUT_S)
             if time.monotonic() > deadline:
                 log.warning("%s handled %d of %d events and stopped making progress", child.name, done, target)
-                return metrics or {}
+                return metrics
             time.sleep(METRICS_POLL_S)
 
-    def _settled(self, child: Child, metrics: dict[str, float]) -> dict[str, float]:
+    def _settled(self, child: SampledProcess, metrics: MetricSamples) -> MetricSamples:
         """Events are counted before their lists are sent: wait until the published count stops moving."""
-        published = metric_sum(metrics, "xrec_lists_published_total")
+        published = metrics.sum("xrec_lists_published_total")
         for _ in range(30):
             time.sleep(METRICS_POLL_S)
-            now = child.metrics() or metrics
-            if metric_sum(now, "xrec_lists_published_total") == published:
+            scrape = child.metrics_or_empty()
+            now = scrape if scrape.samples else metrics
+            if now.sum("xrec_lists_published_total") == published:
                 time.sleep(1.0)  # the producer's linger and buffer
                 return now
-            metrics, published = now, metric_sum(now, "xrec_lists_published_total")
+            metrics, published = now, now.sum("xrec_lists_published_total")
         return metrics
 
     @contextmanager
@@ -690,13 +629,13 @@ class Bench:
         worker = self.start_worker("xrec", env, with_encoder=False)
         try:
             budget = max(30.0, len(work.events) / 200.0)
-            before: dict[str, float] = {}
-            with self.py_spy(worker.proc.pid, budget if self.args.py_spy and self.args.py_spy_level is None else 0):
+            before = EMPTY_METRICS
+            with self.py_spy(worker.pid or 0, budget if self.args.py_spy and self.args.py_spy_level is None else 0):
                 metrics = self.wait_for_events(worker, len(work.events), startup=True)
             out = run_async(read_topic(kw, settings.topic_recommendations))
             sat = coverage(work.events, out)
             if not sat.covered:
-                raise worker.fail("published no list")
+                raise worker.failure("published no list")
             result: dict[str, Any] = {
                 "events": len(work.events),
                 "covered": sat.covered,
@@ -704,12 +643,12 @@ class Bench:
                 "events_per_s": sat.events_per_s,
                 "lists_per_s": sat.lists_per_s,
                 "seconds": sat.last_list_s - sat.first_list_s,
-                "dlq": metric_sum(metrics, "xrec_events_total", outcome="dlq"),
+                "dlq": metrics.sum("xrec_events_total", outcome="dlq"),
                 "preload_s": preload_s,
                 "first_list_after_start_s": sat.first_list_s - started_at,
                 **cost(worker, sat),
                 "stages_s": {
-                    stage: metric_sum(metrics, "xrec_stage_seconds_sum", stage=stage)
+                    stage: metrics.sum("xrec_stage_seconds_sum", stage=stage)
                     for stage in ("decode", "encode", "profile", "query", "rank", "publish")
                 },
                 "batches": batch_phases(before, metrics),
@@ -720,14 +659,14 @@ class Bench:
             memory = self.memory(worker, settings, sat, work)
         finally:
             worker.stop()
-            shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
+            shutil.rmtree(settings.worker_state_dir, ignore_errors=True)
         out = {"saturation": result, "load_curve": curve, "memory": memory}
         if self.profile is not None:
             out["profile"] = self.profile
         return out
 
     def load_curve(
-        self, worker: Child, settings: Settings, work: Workload, lists_per_s: float, handled: int
+        self, worker: SampledProcess, settings: Settings, work: Workload, lists_per_s: float, handled: int
     ) -> list[dict[str, Any]]:
         """Freshness at several offered loads, in percent of the lists/s at saturation: fresh traffic gets
         one list per event, and under a backlog a worker coalesces (one list per user per batch), so the
@@ -746,7 +685,7 @@ class Bench:
             used += n
             events = [{**e, "event_id": f"L{percent}-{i}"} for i, e in enumerate(source)]
             profile_this = self.args.py_spy is not None and self.args.py_spy_level == percent
-            with self.py_spy(worker.proc.pid, self.args.latency_seconds if profile_this else 0):
+            with self.py_spy(worker.pid or 0, self.args.latency_seconds if profile_this else 0):
                 level = self.offer(worker, settings, events, rate, handled)
             handled += n
             level["percent_of_saturation"] = percent
@@ -763,17 +702,17 @@ class Bench:
         return curve
 
     def offer(
-        self, worker: Child, settings: Settings, events: list[dict[str, Any]], rate: float, handled: int
+        self, worker: SampledProcess, settings: Settings, events: list[dict[str, Any]], rate: float, handled: int
     ) -> dict[str, Any]:
         """Send ``events`` at ``rate``, each stamped as it goes, and measure when its list came."""
         n = len(events)
         cpu0 = worker.sampler.read()
         wall0 = time.time()
-        before = worker.metrics() or {}
+        before = worker.metrics_or_empty()
         achieved = run_async(produce_paced(self.kafka_kwargs, settings.topic_events, events, rate))
         cpu_sent = worker.sampler.read()
         wall_sent = time.time()
-        after_send = worker.metrics() or {}
+        after_send = worker.metrics_or_empty()
         self.wait_for_events(worker, handled + n)
         cpu1 = worker.sampler.read()
         wanted = {e["event_id"] for e in events}
@@ -800,7 +739,7 @@ class Bench:
             "batches": batch_phases(before, after_send),
         }
 
-    def memory(self, worker: Child, settings: Settings, sat: Coverage, work: Workload) -> dict[str, Any]:
+    def memory(self, worker: SampledProcess, settings: Settings, sat: Coverage, work: Workload) -> dict[str, Any]:
         changelog = f"{settings.app_id}-profiles-changelog"
         latest: dict[bytes, int] = {}
         for rec in run_async(read_topic(self.kafka_kwargs, changelog)):
@@ -861,7 +800,7 @@ class Bench:
         )
         run_async(produce(self.kafka_kwargs, settings.topic_events, _encoded(events)))
         argv = [
-            sys.executable, "-m", "xrec.eval.naive",
+            sys.executable, "-m", "xrec.bench.naive",
             "--bootstrap", self.bootstrap,
             "--events-topic", settings.topic_events,
             "--output-topic", settings.topic_recommendations,
@@ -869,16 +808,18 @@ class Bench:
             "--dim", str(DIM),
             "--stop-after", str(n),
         ]  # fmt: skip
-        child = Child.start("naive baseline", argv, {**os.environ, **env}, self.tmp / "naive.log")
-        log.info("naive baseline (pid %d) processing %d events", child.proc.pid, n)
+        log_path = self.tmp / "naive.log"
+        log_path.unlink(missing_ok=True)
+        child = SampledProcess({**os.environ, **env}, log_path, argv=argv, name="naive baseline").start()
+        log.info("naive baseline (pid %s) processing %d events", child.pid, n)
         try:
-            child.proc.wait(timeout=max(600.0, n / 2.0))
+            code = child.wait(timeout_s=max(600.0, n / 2.0))
         except subprocess.TimeoutExpired:
             child.stop()
-            raise child.fail("did not finish") from None
-        child.sampler.stop()
-        if child.proc.returncode != 0:
-            raise child.fail(f"exited with {child.proc.returncode}")
+            raise child.failure("did not finish") from None
+        child.stop()
+        if code != 0:
+            raise child.failure(f"exited with {code}")
         out = run_async(read_topic(self.kafka_kwargs, settings.topic_recommendations))
         cov = coverage(events, out)
         return {
@@ -900,7 +841,7 @@ class Bench:
             return {"status": "not run", "reason": f"text model not available: {exc}"}
         settings, env = self.worker_settings("text")
         self.topics_for(settings)
-        texts = review_texts(self.args.seed)
+        texts = review_texts(self.args.seed, self.settings.shared_data("mind-xmind"))
         n = min(self.args.text_events, len(work.events))
         events = []
         for e in work.events[:n]:
@@ -922,13 +863,13 @@ class Bench:
                 "reviews": reviews,
                 "covered": cov.covered,
                 "events_per_s": cov.events_per_s,
-                "encode_s": metric_sum(metrics, "xrec_stage_seconds_sum", stage="encode"),
+                "encode_s": metrics.sum("xrec_stage_seconds_sum", stage="encode"),
                 "seconds": cov.last_list_s - cov.first_list_s,
                 **cost(worker, cov),
             }
         finally:
             worker.stop()
-            shutil.rmtree(settings.home_path / "faust" / settings.app_id, ignore_errors=True)
+            shutil.rmtree(settings.worker_state_dir, ignore_errors=True)
 
 
 #: Frames of a thread that waits rather than works: left out of a profile's shares.
@@ -984,15 +925,13 @@ def hash_index(key: str, n: int) -> int:
     return int(stable_fraction(key, "text") * n)
 
 
-def review_texts(seed: int) -> list[str]:
-    """Review-length texts in several languages: MIND titles/abstracts when present, else the test sample."""
-    out = [f"{title}. {abstract}".strip(". ") for title, abstract in mind_news(per_file=2000)]
-    sentences = [] if out else sample_sentences()
-    if sentences:
+def review_texts(seed: int, mind_dir: Path) -> list[str]:
+    """Review-length texts in several languages: MIND titles/abstracts when present, else the project's sample."""
+    out = [f"{title}. {abstract}".strip(". ") for title, abstract in mind_news(mind_dir, per_file=2000)]
+    if not out:
+        sentences = sample_sentences()
         rng = random.Random(seed)
         out = [" ".join(rng.choice(sentences) for _ in range(rng.choice((1, 2, 3)))) for _ in range(500)]
-    if not out:
-        raise CommandError(f"no review texts: neither {MIND_DIR} nor {SAMPLE_FILE} is present")
     return out
 
 
@@ -1056,7 +995,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.events,
             dim=DIM,
             seed=args.seed,
-            data_dir=None if args.generated else args.data_dir,
+            data_dir=None if args.generated else (args.data_dir or settings.shared_data("amazon-m2")),
         )
         log.info(
             "workload: %s, %d items, %d users, %d events", work.source, len(work.catalog), work.users, len(work.events)
@@ -1168,13 +1107,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_plot(result: dict[str, Any], path: Path) -> str:
     """Latency percentiles against offered load (percent of saturation), from one run."""
-    try:
-        import matplotlib
+    from xrec.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CommandError("--plot needs matplotlib: pip install 'xrec[dev]' (or matplotlib)") from None
+    plt = pyplot()
     curve = [c for c in result["xrec"]["load_curve"] if c["percent_of_saturation"] is not None]
     sat = result["xrec"]["saturation"]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -23,7 +23,7 @@ import numpy as np
 
 from xrec.errors import CommandError
 
-DEFAULT_FILE = Path("..") / "shared" / "data" / "tatoeba" / "tatoeba_6lang_eng.tsv"
+DATA_FILE = ("tatoeba", "tatoeba_6lang_eng.tsv")  # under XREC_DATA_DIR
 HEADER = ["lang", "idx", "text", "eng"]
 
 
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "file",
         nargs="?",
-        default=str(DEFAULT_FILE),
-        help=f"Tatoeba-format TSV with header 'lang idx text eng' (default: {DEFAULT_FILE})",
+        default="",
+        help="Tatoeba-format TSV with header 'lang idx text eng' (default: XREC_DATA_DIR/tatoeba/tatoeba_6lang_eng.tsv)",
     )
     parser.add_argument("--limit", type=int, default=0, help="use only the first N pairs of each language (0: all)")
     parser.add_argument(
@@ -55,7 +55,7 @@ def read_blocks(path: Path, limit: int = 0) -> list[Block]:
     if not path.is_file():
         raise CommandError(
             f"alignment file {path} not found; pass a Tatoeba-format TSV (header: lang idx text eng), "
-            f"by default {DEFAULT_FILE} relative to the current directory"
+            "(by default XREC_DATA_DIR/tatoeba/tatoeba_6lang_eng.tsv)"
         )
     pairs: dict[str, tuple[list[str], list[str]]] = {}
     with path.open(encoding="utf-8") as fh:
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from xrec.eval.vector_cache import encoded_vectors
 
     settings = Settings.from_env()
-    blocks = read_blocks(Path(args.file), args.limit)
+    path = Path(args.file) if args.file else settings.shared_data(DATA_FILE[0]) / DATA_FILE[1]
+    blocks = read_blocks(path, args.limit)
     started = time.perf_counter()
     languages: dict[str, dict[str, float | int]] = {}
     n_texts = 0
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raw = [row[k] for row in languages.values() for k in ("xx_to_en", "en_to_xx")]
     centred = [row[k] for row in languages.values() for k in ("xx_to_en_neutral", "en_to_xx_neutral")]
     return {
-        "file": str(args.file),
+        "file": str(path),
         "model": settings.model,
         "device": device,
         "prefix": getattr(prefixes_for(settings.model), args.kind),

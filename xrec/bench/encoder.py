@@ -1,8 +1,8 @@
 """``xrec bench encoder``: the batched encoder against two naive baselines, in one run.
 
 Texts are realistic and of mixed length: news titles, abstracts and both together in English and
-Mandarin from ``../shared/data/mind-xmind`` when it is there, else the project's own multilingual
-sample sentences (tests/fixtures) joined into texts of one to eight sentences. The baselines encode a
+Mandarin from the MIND data (``--data-dir``, default ``XREC_DATA_DIR``/mind-xmind) when it is there, else
+the project's own multilingual sample sentences (``xrec/data``) joined into texts of one to eight sentences. The baselines encode a
 random sample of the same texts: one per forward pass (no batching, no padding), and fixed batches
 padded to the model's maximum length (the common ``padding="max_length"`` loop). All use the same
 model, device and dtype, all are warmed up first, and the padded baseline's vectors are compared
@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xrec.bench.texts import SAMPLE_NAME, mind_news, sample_sentences
 from xrec.errors import CommandError
-from xrec.eval.texts import MIND_DIR, SAMPLE_FILE, mind_news, sample_sentences
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,24 +38,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="texts (a random sample of the same ones) encoded one per forward pass (default 200)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for picking and sampling texts")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="MIND/xMIND folder for the texts (default: XREC_DATA_DIR/mind-xmind)",
+    )
 
 
-def load_texts(n: int, seed: int) -> tuple[list[str], str]:
+def load_texts(n: int, seed: int, mind_dir: Path) -> tuple[list[str], str]:
     """``n`` texts of mixed length and language, and where they came from."""
     rng = random.Random(seed)
-    mind = mind_news(per_file=5000)
+    mind = mind_news(mind_dir, per_file=5000)
     if mind:
         texts = []
         for _ in range(n):
             title, abstract = rng.choice(mind)
             form = rng.random()
             texts.append(title if form < 0.4 or not abstract else abstract if form < 0.7 else f"{title}. {abstract}")
-        return texts, f"{MIND_DIR} news titles/abstracts (en, zh)"
+        return texts, f"{mind_dir} news titles/abstracts (en, zh)"
     sentences = sample_sentences()
-    if not sentences:
-        raise CommandError(f"no benchmark texts: neither {MIND_DIR} nor the sample {SAMPLE_FILE} is present")
     texts = [" ".join(rng.choice(sentences) for _ in range(rng.choice((1, 1, 1, 2, 3, 5, 8)))) for _ in range(n)]
-    return texts, f"{SAMPLE_FILE.name} sentences joined 1-8 at a time"
+    return texts, f"{SAMPLE_NAME} sentences joined 1-8 at a time (no MIND texts in {mind_dir})"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,8 +71,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.from_env()
     if args.device:
         settings = settings.replace(device=args.device)
-    encoder = TextEncoder(settings=settings)  # raises a one-line CommandError for a missing device
-    texts, source = load_texts(args.texts, args.seed)
+    encoder = TextEncoder(settings=settings)  # raises a one-line error for a missing device
+    texts, source = load_texts(args.texts, args.seed, args.data_dir or settings.shared_data("mind-xmind"))
     baseline = random.Random(args.seed + 1).sample(texts, min(args.baseline_texts, len(texts)))
     tokens = sum(encoder.token_lengths(texts))
     baseline_tokens = sum(encoder.token_lengths(baseline))

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from xrec.cli import CommandError
 from xrec.config import Settings
+from xrec.errors import CommandError
 from xrec.store.base import ItemFilter, ItemPoint, VectorQuery, VectorStore
 
 log = logging.getLogger(__name__)

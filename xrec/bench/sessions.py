@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-AMAZON_DIR = Path("..") / "shared" / "data" / "amazon-m2"
 AMAZON_FILES = ("task2_sessions_dev.csv", "sessions_6locales_part1.csv", "sessions_6locales_part2.csv")
 LOCALE_LANG = {"DE": "de", "JP": "ja", "UK": "en", "FR": "fr", "IT": "it", "ES": "es"}
 LANGS = tuple(LOCALE_LANG.values())
@@ -119,7 +118,7 @@ class Workload:
 # --- sessions ------------------------------------------------------------------------------------
 
 
-def load_amazon_sessions(data_dir: Path = AMAZON_DIR) -> list[Session]:
+def load_amazon_sessions(data_dir: Path) -> list[Session]:
     """Every session of the Amazon-M2 files present (``next_item`` is appended: it is a real click)."""
     sessions: list[Session] = []
     for name in AMAZON_FILES:
@@ -170,7 +169,7 @@ def build_workload(
     *,
     dim: int = 384,
     seed: int = 0,
-    data_dir: Path | None = AMAZON_DIR,
+    data_dir: Path | None = None,
     now_ms: int | None = None,
 ) -> Workload:
     """The catalog and a stream of ``n_events`` clicks by ``n_users`` users, real sessions when present."""

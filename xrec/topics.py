@@ -1,11 +1,16 @@
-"""The topics a worker reads and writes, with partition counts and compaction, from Settings."""
+"""The names xrec gives things in Kafka: topics (with partitions and compaction), consumer groups, keys.
+
+Plain conventions, no Faust: the worker (``streams/``), the benchmarks and the tests all name things
+from here, so a benchmark can prepare what a worker will read without importing the worker.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from xrec.config import Settings
-from xrec.kafka import TopicSpec
+from xrec.kafka import KafkaConnection, TopicSpec, create_topics
 
 
 @dataclass(frozen=True)
@@ -44,3 +49,23 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(names.dlq, 1),
         TopicSpec(names.language_stats, 1, compacted=True),
     ]
+
+
+async def prepare_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create xrec's topics before a worker subscribes, so none is auto-created with 1 partition."""
+    return await create_topics(KafkaConnection.from_settings(settings, bootstrap), topic_specs(settings))
+
+
+def items_group_id(settings: Settings) -> str:
+    """The item indexer's consumer group: one per store. Per data directory for ``edge`` (each embedded
+    store must see every item), shared for a Qdrant server (each item indexed once)."""
+    if settings.store_backend == "edge":
+        where = str(settings.store_dir.resolve() / settings.collection)
+    else:
+        where = f"{settings.qdrant_url}/{settings.collection}"
+    return f"{settings.app_id}-items-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
+
+
+def stats_part_key(items_group: str, partition: int) -> str:
+    """The key of one part of the language statistics: an items partition as indexed by one store's group."""
+    return f"{items_group}/{partition}"

@@ -10,7 +10,7 @@ event, no batching, no coalescing). Offsets are auto-committed every second, as 
 commits on an interval, and the profile table has no changelog (the worker writes one): both choices
 favour the baseline. Same store backend and data as the worker (a copy of its store directory).
 
-Run as ``python -m xrec.eval.naive …`` so it is its own process, measured like the worker.
+Run as ``python -m xrec.bench.naive …`` so it is its own process, measured like the worker.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from xrec.cli import CommandError
 from xrec.config import Settings
+from xrec.errors import CommandError
 from xrec.eval import metrics as m
 from xrec.eval.mind_data import (
     DEFAULT_BEHAVIORS,
@@ -54,7 +54,7 @@ from xrec.eval.mind_data import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = Path("..") / "shared" / "data" / "mind-xmind"
+DATA_SET = "mind-xmind"
 SYSTEMS = ("random", "popularity", "mean-of-history", "xrec")
 LIST_SYSTEMS = ("popularity", "mean-of-history", "xrec")
 REFERENCE = "mean-of-history"
@@ -68,7 +68,7 @@ SCORE_NOTE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", default=str(DEFAULT_DATA_DIR), help=f"MIND/xMIND folder (default: {DEFAULT_DATA_DIR})"
+        "--data-dir", default="", help=f"MIND/xMIND folder (default: XREC_DATA_DIR/{DATA_SET}, see ../shared/data)"
     )
     parser.add_argument(
         "--behaviors", default="", help=f"behaviors file in MIND format (default: DATA_DIR/{DEFAULT_BEHAVIORS})"
@@ -456,10 +456,10 @@ def ranking_settings(settings: Settings) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     settings = Settings.from_env()
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir) if args.data_dir else settings.shared_data(DATA_SET)
     behaviors = Path(args.behaviors) if args.behaviors else data_dir / DEFAULT_BEHAVIORS
     if not data_dir.is_dir():
-        raise CommandError(f"data directory {data_dir} not found (pass --data-dir, see ../shared/data/README.md)")
+        raise CommandError(f"data directory {data_dir} not found: pass --data-dir or set XREC_DATA_DIR")
     if args.limit < 0 or args.bootstrap < 1 or args.history_days <= 0:
         raise CommandError("--limit must be ≥ 0, --bootstrap ≥ 1 and --history-days > 0")
     scenario = SCENARIOS[args.scenario]
@@ -585,13 +585,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_plot(result: dict[str, Any], path: Path) -> str:
     """Grouped bars (one group per metric, one bar per system) with the 95% CIs as error bars."""
-    try:
-        import matplotlib
+    from xrec.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CommandError("--plot needs matplotlib: pip install 'xrec[dev]' (or matplotlib)") from None
+    plt = pyplot()
     systems = list(result["systems"])
     fig, ax = plt.subplots(figsize=(8, 4.2))
     width = 0.8 / len(systems)

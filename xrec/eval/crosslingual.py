@@ -48,7 +48,6 @@ from xrec.eval.topic_catalog import TopicCatalog, TopicItem, bilingual_mind, top
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIND_DIR = Path("..") / "shared" / "data" / "mind-xmind"
 SYSTEMS = ("raw mean-of-history", "centred mean-of-history", "xrec")
 BASELINES = SYSTEMS[:2]
 LIST_LENGTH = 10
@@ -57,9 +56,7 @@ T0 = 1_735_689_600_000  # 2025-01-01: the replay's clock; items are a day older
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir",
-        default=str(DEFAULT_MIND_DIR),
-        help=f"MIND/xMIND folder for the bilingual catalog (default: {DEFAULT_MIND_DIR})",
+        "--data-dir", default="", help="MIND/xMIND folder for the bilingual catalog (default: XREC_DATA_DIR/mind-xmind)"
     )
     parser.add_argument(
         "--catalog",
@@ -311,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.from_env()
     if args.readers < 1 or args.clicks < 1 or args.bootstrap < 1:
         raise CommandError("--readers, --clicks and --bootstrap must be at least 1")
-    catalog = topic_tsv(Path(args.catalog)) if args.catalog else bilingual_mind(Path(args.data_dir))
+    mind_dir = Path(args.data_dir) if args.data_dir else settings.shared_data("mind-xmind")
+    catalog = topic_tsv(Path(args.catalog)) if args.catalog else bilingual_mind(mind_dir)
     readers = sample_readers(catalog.items, args.readers, args.clicks, args.seed)
     if not readers:
         raise CommandError(f"{catalog.source}: no language has a topic with {args.clicks} items to read")
@@ -410,13 +408,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_plot(result: dict[str, Any], path: Path) -> str:
     """Category P@10 per reader language, one bar per system, with the other-language share marked."""
-    try:
-        import matplotlib
+    from xrec.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CommandError("--plot needs matplotlib: pip install 'xrec[dev]' (or matplotlib)") from None
+    plt = pyplot()
     langs = list(result["per_language"])
     fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.6 * len(langs) + 3), 6), sharex=True)
     width = 0.8 / len(SYSTEMS)
