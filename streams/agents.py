@@ -27,6 +27,7 @@ from faust.streams import Stream
 from faust.types import StreamT, TableT
 
 from streams.dlq import DeadLetters, DeadSource
+from streams.faust_tuning import tune_running_app
 from streams.feed import EventFeed
 from streams.offsets import OffsetLedger
 from streams.runtime import Runtime
@@ -77,6 +78,7 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> Event
     @app.task
     async def run_event_batches() -> None:
         await runtime.ensure_started()
+        tune_running_app(app, changelog_records_in_flight=(PIPELINE_DEPTH + 1) * runtime.settings.event_batch_size)
         await pipeline.run()
 
     @app.timer(interval=1.0, name="xrec.retry-waiting-events")

@@ -98,6 +98,18 @@ def test_a_click_publishes_a_contract_list_keyed_by_the_user(worker_env: WorkerE
     assert all(i["because"] == "T0-0" for i in lst["items"] if i["item_id"].startswith("T0-"))
 
 
+def test_the_running_worker_shortens_fausts_fetch_wait_and_producer_buffer_stall(worker_env: WorkerEnv) -> None:
+    """Both settings reach into Faust/aiokafka objects by name (streams/faust_tuning.py): this fails when
+    an upgrade renames them, instead of the worker quietly falling back to the stalls they remove."""
+    worker = start(worker_env)
+    worker_env.produce_json(worker_env.topics["events"], "user_id", [click("U1", "T0-0", 0)])
+    worker_env.consume(worker_env.topics["recommendations"], lambda ms: bool(lists_for(ms, "U1")))
+    log = worker.log_path.read_text(errors="replace")
+    assert "consumer fetch wait: 10 ms (was 1500 ms)" in log, worker.log_tail()
+    assert "producer buffer: the consumer waits for it above" in log, worker.log_tail()
+    assert "could not shorten" not in log
+
+
 def test_items_are_searchable_in_the_store_and_deletes_remove_them(worker_env: WorkerEnv) -> None:
     worker = start(worker_env)
     worker_env.produce(worker_env.topics["items"], [(b"T1-3", orjson.dumps({"item_id": "T1-3", "deleted": True}))])

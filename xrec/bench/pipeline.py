@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,12 +230,31 @@ async def produce(kwargs: dict[str, Any], topic: str, records: Iterable[tuple[by
     return n
 
 
-async def produce_paced(kwargs: dict[str, Any], topic: str, events: list[dict[str, Any]], rate: float) -> float:
-    """Send ``events`` at ``rate``/s, each stamped with the wall clock as it goes; returns the rate achieved."""
+@dataclass(frozen=True)
+class Paced:
+    """What pacing the offered events achieved: the rate, and when the broker acknowledged each event
+    (``acked_at``, wall-clock seconds by event id), so a latency can be split into the producer's part
+    (ts → in Kafka) and the worker's (in Kafka → list)."""
+
+    rate: float
+    acked_at: dict[str, float]
+
+
+async def produce_paced(kwargs: dict[str, Any], topic: str, events: list[dict[str, Any]], rate: float) -> Paced:
+    """Send ``events`` at ``rate``/s, each stamped with the wall clock as it goes."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(linger_ms=2, **kwargs)
     await producer.start()
+    acked_at: dict[str, float] = {}
+
+    def acked(event_id: str) -> Callable[[asyncio.Future[Any]], None]:
+        def record(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                acked_at[event_id] = time.time()
+
+        return record
+
     try:
         started = time.monotonic()
         sent = 0
@@ -244,14 +263,15 @@ async def produce_paced(kwargs: dict[str, Any], topic: str, events: list[dict[st
             while sent < due:
                 event = events[sent]
                 event["ts"] = int(time.time() * 1000)
-                await producer.send(topic, key=event["user_id"].encode(), value=orjson.dumps(event))
+                delivery = await producer.send(topic, key=event["user_id"].encode(), value=orjson.dumps(event))
+                delivery.add_done_callback(acked(event["event_id"]))
                 sent += 1
             await asyncio.sleep(0.005)
         await producer.flush()
         elapsed = time.monotonic() - started
     finally:
         await producer.stop()
-    return len(events) / elapsed if elapsed > 0 else math.inf
+    return Paced(len(events) / elapsed if elapsed > 0 else math.inf, acked_at)
 
 
 async def read_topic(kwargs: dict[str, Any], topic: str, timeout_s: float = 120.0) -> list[OutRecord]:
@@ -709,7 +729,7 @@ class Bench:
         cpu0 = worker.sampler.read()
         wall0 = time.time()
         before = worker.metrics_or_empty()
-        achieved = run_async(produce_paced(self.kafka_kwargs, settings.topic_events, events, rate))
+        paced = run_async(produce_paced(self.kafka_kwargs, settings.topic_events, events, rate))
         cpu_sent = worker.sampler.read()
         wall_sent = time.time()
         after_send = worker.metrics_or_empty()
@@ -722,18 +742,21 @@ class Bench:
             if r.value is not None and orjson.loads(r.value).get("trigger_event_id") in wanted
         ]
         cov = coverage(events, out)
-        delays = [
-            1000.0 * (cov.answered_at[e["event_id"]] - e["ts"] / 1000.0)
-            for e in events
-            if e["event_id"] in cov.answered_at
-        ]
+        answered = [e for e in events if e["event_id"] in cov.answered_at]
+        delays = [1000.0 * (cov.answered_at[e["event_id"]] - e["ts"] / 1000.0) for e in answered]
+        in_kafka = [e for e in answered if e["event_id"] in paced.acked_at]
         return {
             "offered_rate": rate,
-            "achieved_rate": achieved,
+            "achieved_rate": paced.rate,
             "events": n,
             "answered": len(delays),
             "lists": cov.lists,
             "latency_ms": percentiles(delays),
+            # the two parts of it: the bench's producer until the broker acknowledged, then the worker
+            "producer_ms": percentiles([1000.0 * (paced.acked_at[e["event_id"]] - e["ts"] / 1000.0) for e in in_kafka]),
+            "worker_ms": percentiles(
+                [1000.0 * (cov.answered_at[e["event_id"]] - paced.acked_at[e["event_id"]]) for e in in_kafka]
+            ),
             "cpu_s_per_1k_events": 1000.0 * (cpu1[0] - cpu0[0]) / n if cpu0 and cpu1 else math.nan,
             "cpu_util": (cpu_sent[0] - cpu0[0]) / (wall_sent - wall0) if cpu0 and cpu_sent else math.nan,
             "batches": batch_phases(before, after_send),
@@ -1056,14 +1079,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"xrec       {sat['events_per_s']:.0f} events/s at saturation ({sat['covered']} events, {sat['lists']} lists "
         f"= {sat['lists_per_s']:.0f}/s, {sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events, "
         f"{sat['cpu_util']:.2f} cores",
-        "latency    offered        p50      p95      p99      max  answered  cores  per batch: events, fetch/queue/apply/lists/delivery ms",
+        "latency    offered        p50      p95      p99      max  to Kafka p50/p99  answered  cores  "
+        "per batch: events, fetch/queue/apply/lists/delivery ms",
     ]
     for level in curve:
         ms, b = level["latency_ms"], level["batches"]
+        to_kafka = level.get("producer_ms") or {"p50": math.nan, "p99": math.nan}
         share = f"{level['percent_of_saturation']}%" if level["percent_of_saturation"] is not None else "--rate"
         lines.append(
             f"  {share:>6} {level['offered_rate']:>6.0f}/s {ms['p50']:>6.0f}ms {ms['p95']:>6.0f}ms {ms['p99']:>6.0f}ms "
-            f"{ms['max']:>6.0f}ms {level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
+            f"{ms['max']:>6.0f}ms  {to_kafka['p50']:>6.0f}/{to_kafka['p99']:<6.0f}ms  "
+            f"{level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
             f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
             f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}"
         )

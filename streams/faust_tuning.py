@@ -1,0 +1,59 @@
+"""Two of Faust's built-in waits that stalled the event loop under load, set once the app runs.
+
+Both were found with ``xrec bench pipeline`` (BENCHMARKS.md, "The standing queue"): at 50–90% of
+saturation the worker's queue of fresh events grew to seconds while its cores idled, in about half
+of the runs. Each setting reaches into a Faust or aiokafka object that exists only once the app has
+started, so ``tune_running_app`` is called from the event loop's task; if an upgrade renames what it
+sets, it says so in the log and the worker runs with Faust's defaults (slower, not wrong).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Longest time the broker may hold a fetch that found no new records (Faust fixes it at 1,500 ms).
+FETCH_MAX_WAIT_MS = 10
+
+
+def tune_running_app(app: Any, changelog_records_in_flight: int) -> None:
+    shorten_fetch_wait(app, FETCH_MAX_WAIT_MS)
+    let_changelog_writes_wait_in_the_producer(app, changelog_records_in_flight)
+
+
+def shorten_fetch_wait(app: Any, wait_ms: int) -> None:
+    """Let the broker hold an empty fetch for ``wait_ms`` instead of Faust's 1,500 ms.
+
+    aiokafka keeps one fetch in flight per broker, and a fetch leaves out the partitions whose last
+    records the worker is still consuming. Under load the events partitions are often such partitions
+    when the next fetch goes out, so it asks only for quiet ones (control, re-keyed events, the
+    changelog) and the broker holds it for the full wait; until it returns, nothing new is fetched
+    for the events partitions either. Logged by fetch, that was 1,501 ms fetches that brought nothing,
+    one after another, while events arrived at 500/s: the standing queue. With a short wait a fetch
+    of quiet partitions returns at once and the next one takes the events.
+    """
+    try:
+        fetcher = app.consumer._thread._consumer._fetcher
+        before = fetcher._fetch_max_wait_ms
+        fetcher._fetch_max_wait_ms = wait_ms
+    except AttributeError as exc:
+        log.warning("could not shorten the consumer's fetch wait (Faust or aiokafka changed: %s); it stays 1.5 s", exc)
+        return
+    log.info("consumer fetch wait: %d ms (was %d ms)", wait_ms, before)
+
+
+def let_changelog_writes_wait_in_the_producer(app: Any, limit: int) -> None:
+    """Raise the number of records Faust's producer buffer may hold before it stops the consumer.
+
+    Table changelog writes wait in Faust's producer buffer until its sender hands them to Kafka, one
+    at a time. Whenever that buffer holds more than ``ProducerBuffer.max_messages`` (100), Faust's
+    conductor flushes it before it hands the agents each further record it fetched: a batch of more
+    than 100 users writes more than 100 profile records, and under load 100 such flushes (the log's
+    "producer buffer full") blocked the consumer for 10.5 s in one run. The event loop bounds its own
+    writes (batches in flight × batch size), so that is the limit here.
+    """
+    buffer = app.producer.buffer
+    buffer.max_messages = max(limit, type(buffer).max_messages)
+    log.info("producer buffer: the consumer waits for it above %d records (Faust's default: 100)", buffer.max_messages)
