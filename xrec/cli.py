@@ -18,7 +18,7 @@ from xrec.errors import XrecError
 __all__ = ["build_parser", "main"]
 
 #: Command modules in the order ``xrec --help`` lists them.
-COMMAND_MODULES = ("demo", "worker", "broker", "model", "produce", "tail", "eval", "bench", "config")
+COMMAND_MODULES = ("demo", "worker", "broker", "model", "produce", "tail", "measure", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
