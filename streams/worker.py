@@ -27,7 +27,7 @@ def build_runtime(settings: Settings, *, with_encoder: bool = True, dim: int | N
     encoder = load_encoder(settings) if with_encoder else None
     if encoder is not None:
         dim = encoder.dim
-        metrics.set_encoder(encoder.model_name, str(encoder.device), str(encoder.dtype).removeprefix("torch."))
+        metrics.set_encoder(encoder.model_name, str(encoder.device), encoder.precision, encoder.backend)
         encoder.on_batch = metrics.encoder_batch  # each forward pass: texts and padded tokens
         encoder.on_error = lambda exc: metrics.encoder_error()
     if dim is None:

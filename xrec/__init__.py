@@ -26,6 +26,7 @@ _LAZY = {
     "ItemBatchResult": "xrec.pipeline",
     "TextEncoder": "xrec.encoder",
     "DeviceUnavailableError": "xrec.encoder",
+    "BackendUnavailableError": "xrec.openvino_encoder",
     "ModelUnavailableError": "xrec.modelhub",
     "open_store": "xrec.store",
     "VectorStore": "xrec.store.base",
@@ -45,6 +46,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BackendUnavailableError",
     "CommandError",
     "DeviceUnavailableError",
     "EventBatchResult",
@@ -99,6 +101,7 @@ if TYPE_CHECKING:
         parse_item,
     )
     from xrec.modelhub import ModelUnavailableError
+    from xrec.openvino_encoder import BackendUnavailableError
     from xrec.pipeline import EventBatchResult, ItemBatchResult, Recommender
     from xrec.profile import ProfileParams, UserProfile
     from xrec.ranking import RankParams

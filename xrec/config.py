@@ -19,6 +19,8 @@ from xrec.errors import XrecError
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 StoreBackend = Literal["edge", "qdrant"]
+EncoderBackend = Literal["auto", "torch", "openvino"]
+OpenVinoPrecision = Literal["auto", "bfloat16", "float32"]
 LanguagePolicy = Literal["any", "prefer", "only"]
 VectorSpace = Literal["language", "catalog", "raw"]
 LanguageDetection = Literal["off", "missing", "correct"]
@@ -101,11 +103,25 @@ class Settings:
     max_tokens: int = _setting(256, "Texts are truncated to this many tokens before encoding.")
     token_budget: int = _setting(
         0,
-        "Tokens (padded) per forward pass, bounding the encoder's memory (0: 8192 on a GPU, 1024 on CPU, "
-        "where smaller passes stay in cache: `xrec bench encoder`).",
+        "Tokens (padded) per forward pass, bounding the encoder's memory (0: 8192 on a GPU, 2048 on OpenVINO, "
+        "1024 for PyTorch on CPU, where smaller passes stay in cache: `xrec bench encoder`).",
+    )
+    encoder_backend: EncoderBackend = _setting(
+        "auto",
+        "auto (OpenVINO on CPU, 3.3–3.5× PyTorch's texts/s where the CPU has bf16 units; PyTorch on a GPU), "
+        "torch or openvino (CPU only; converted from the same checkpoint, once, by `xrec model prepare`).",
+    )
+    openvino_precision: OpenVinoPrecision = _setting(
+        "auto",
+        "OpenVINO's compute precision: auto (bfloat16 where the CPU has bf16 units, else float32), bfloat16 or float32.",
+    )
+    openvino_model: str = _setting(
+        "",
+        "Directory of an OpenVINO export of XREC_MODEL made by `xrec model prepare` (default: found, or made once, "
+        "under $XREC_HOME/models/openvino); refused if it was made from another checkpoint.",
     )
     encoder_threads: int = _setting(
-        0, "CPU threads torch uses for encoding on CPU (0: the cores this process may use)."
+        0, "CPU threads the encoder uses on CPU, either backend (0: the cores this process may use)."
     )
     hub_timeout_s: float = _setting(10.0, "How long to wait for the Hugging Face hub before saying it is unreachable.")
     expect_gpu: bool = _setting(

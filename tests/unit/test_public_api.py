@@ -25,6 +25,7 @@ def test_every_library_error_is_an_xrec_error() -> None:
         "SettingsError",
         "CommandError",
         "DeviceUnavailableError",
+        "BackendUnavailableError",
         "ModelUnavailableError",
         "StoreError",
         "RecordError",

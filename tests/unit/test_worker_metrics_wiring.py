@@ -32,8 +32,11 @@ def runtime_for(model: Path, tmp_path: Path, **overrides: Any) -> Any:
     return build_runtime(settings)
 
 
-def test_every_forward_pass_is_observed_with_its_texts_and_padded_tokens(tiny_model_dir: Path, tmp_path: Path) -> None:
-    rt = runtime_for(tiny_model_dir, tmp_path, token_budget=64)
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_every_forward_pass_is_observed_with_its_texts_and_padded_tokens(
+    tiny_model_dir: Path, tmp_path: Path, backend: str
+) -> None:
+    rt = runtime_for(tiny_model_dir, tmp_path, token_budget=64, encoder_backend=backend)
     registry = rt.metrics.registry
     # Passes before the hooks were connected (a model without hidden_size is probed at load) are not observed.
     passes_before, padded_before = rt.encoder.stats.batches, rt.encoder.stats.padded_tokens
@@ -45,12 +48,14 @@ def test_every_forward_pass_is_observed_with_its_texts_and_padded_tokens(tiny_mo
     assert sample(registry, "xrec_encoder_batch_size_count") == stats.batches - passes_before
     assert sample(registry, "xrec_encoder_batch_size_sum") == len(texts)
     assert sample(registry, "xrec_encoder_batch_tokens_sum") == stats.padded_tokens - padded_before
-    assert sample(registry, "xrec_encoder_info", model=str(tiny_model_dir), device="cpu", dtype="float32") == 1
+    precision = "float32" if backend == "torch" else rt.encoder.precision  # OpenVINO: bf16 where the CPU has it
+    info = {"model": str(tiny_model_dir), "device": "cpu", "backend": backend, "dtype": precision}
+    assert sample(registry, "xrec_encoder_info", **info) == 1
     assert sample(registry, "xrec_encoder_errors_total") == 0
 
 
 def test_a_failing_encoder_call_counts_one_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    rt = runtime_for(tiny_model_dir, tmp_path)
+    rt = runtime_for(tiny_model_dir, tmp_path, encoder_backend="torch")  # a hook on the torch module fails a pass
 
     def broken(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
         raise RuntimeError("model exploded")

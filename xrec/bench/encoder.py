@@ -1,4 +1,4 @@
-"""``xrec bench encoder``: the batched encoder against two naive baselines, in one run.
+"""``xrec bench encoder``: the encoder's backends side by side, and batching against two naive baselines.
 
 Texts are realistic and of mixed length: news titles, abstracts and both together in English and
 Mandarin from the MIND data (``--data-dir``, default ``XREC_DATA_DIR``/mind-xmind) when it is there, else
@@ -7,6 +7,11 @@ random sample of the same texts: one per forward pass (no batching, no padding),
 padded to the model's maximum length (the common ``padding="max_length"`` loop). All use the same
 model, device and dtype, all are warmed up first, and the padded baseline's vectors are compared
 with the encoder's so a fast-but-wrong baseline would show.
+
+Backends: each backend asked for (default: OpenVINO and PyTorch on a CPU, PyTorch alone on a GPU)
+encodes the same texts with its own default token budget; the table gives texts/s, the ratio to
+PyTorch float32 and the cosine of its vectors to PyTorch's (see :func:`compare_backends` for the
+warm-up and the alternating rounds). The baselines run on PyTorch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=200,
         help="texts (a random sample of the same ones) encoded one per forward pass (default 200)",
     )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated backends to compare, from torch and openvino (default: both on CPU, torch on a GPU)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds per backend, alternating; medians reported (default 3)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for picking and sampling texts")
     parser.add_argument(
         "--data-dir",
@@ -64,15 +77,19 @@ def load_texts(n: int, seed: int, mind_dir: Path) -> tuple[list[str], str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from xrec.config import Settings
-    from xrec.encoder import TextEncoder
 
     if args.texts < 1 or args.baseline_texts < 1:
         raise CommandError("--texts and --baseline-texts must be at least 1")
     settings = Settings.from_env()
     if args.device:
         settings = settings.replace(device=args.device)
-    encoder = TextEncoder(settings=settings)  # raises a one-line error for a missing device
-    texts, source = load_texts(args.texts, args.seed, args.data_dir or settings.shared_data("mind-xmind"))
+    if args.repeats < 1:
+        raise CommandError("--repeats must be at least 1")
+    backends = _backends(args.backends, settings)
+    mind_dir = args.data_dir or settings.shared_data("mind-xmind")
+    texts, source = load_texts(args.texts, args.seed, mind_dir)
+    warm_texts, _ = load_texts(args.texts, args.seed + 2, mind_dir)
+    compared, encoder = compare_backends(settings, backends, texts, warm_texts, args.repeats)
     baseline = random.Random(args.seed + 1).sample(texts, min(args.baseline_texts, len(texts)))
     tokens = sum(encoder.token_lengths(texts))
     baseline_tokens = sum(encoder.token_lengths(baseline))
@@ -114,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": encoder.model_name,
         "device": str(encoder.device),
-        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "dtype": encoder.precision,
         "cpu_threads": _threads(encoder),
         "token_budget": encoder.token_budget,
         "max_tokens": encoder.max_tokens,
@@ -122,7 +139,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mean_tokens_per_text": tokens / len(texts),
         "batched": batched,
         "baselines": baselines,
+        "backends": compared,
+        "repeats": args.repeats,
     }
+
+
+def _backends(spec: str | None, settings: Any) -> list[str]:
+    """The backends to compare, optimized ones first; an unknown or unusable one is a one-line error."""
+    from xrec.encoder import choose_backend, choose_device
+
+    if spec is None:
+        device = choose_device(settings.device)
+        chosen = choose_backend("auto", device)
+        return [chosen, "torch"] if chosen != "torch" else ["torch"]
+    names = [b.strip() for b in spec.split(",") if b.strip()]
+    unknown = sorted(set(names) - {"torch", "openvino"})
+    if unknown or not names:
+        raise CommandError(f"--backends takes torch and/or openvino, not {', '.join(unknown) or 'nothing'}")
+    return sorted(set(names), key=lambda b: b == "torch")  # torch last
+
+
+def compare_backends(
+    settings: Any, backends: list[str], texts: list[str], warm_texts: list[str], repeats: int
+) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Each backend's texts/s on ``texts`` (median of ``repeats`` rounds) and its vectors' cosine to PyTorch's.
+
+    Every encoder first encodes ``warm_texts`` (other texts of the same kind): OpenVINO prepares kernels
+    per input shape on first sight, which a running worker has long done. Rounds alternate the backends,
+    optimized ones first, so a slow moment of the shared machine hits both. Returns the figures and the
+    PyTorch encoder (the baselines reuse it).
+    """
+    from xrec.encoder import TextEncoder
+
+    order = [b for b in backends if b != "torch"] + ["torch"]
+    encoders = {b: TextEncoder(settings=settings.replace(encoder_backend=b)) for b in order}
+    for encoder in encoders.values():
+        encoder.encode(warm_texts)
+    seconds: dict[str, list[float]] = {b: [] for b in order}
+    vectors: dict[str, np.ndarray] = {}
+    passes: dict[str, int] = {}
+    for _ in range(repeats):
+        for b, encoder in encoders.items():
+            before = encoder.stats.batches
+            t0 = time.perf_counter()
+            vectors[b] = encoder.encode(texts)
+            _sync(encoder)
+            seconds[b].append(time.perf_counter() - t0)
+            passes[b] = encoder.stats.batches - before
+    reference = vectors["torch"]
+    tokens = sum(encoders["torch"].token_lengths(texts))
+    out: dict[str, dict[str, Any]] = {}
+    for b, encoder in encoders.items():
+        median = float(np.median(seconds[b]))
+        cosine = (vectors[b] * reference).sum(axis=1)
+        ratios = [t / s for t, s in zip(seconds["torch"], seconds[b], strict=True)]  # per round, same moment
+        out[b] = {
+            "precision": encoder.precision,
+            "token_budget": encoder.token_budget,
+            "cpu_threads": _threads(encoder),
+            **_figures(len(texts), tokens, median, passes[b]),
+            "runs_sentences_per_s": [len(texts) / t for t in seconds[b]],
+            "speedup_vs_torch": float(np.median(seconds["torch"])) / median,
+            "speedup_per_round": ratios,
+            "mean_cosine_to_torch": float(cosine.mean()),
+            "min_cosine_to_torch": float(cosine.min()),
+        }
+    for b in order[:-1]:
+        encoders[b].close()
+    return out, encoders["torch"]
 
 
 #: Texts per pass of the fixed-padding baseline, a common choice in hand-written encode loops.
@@ -169,9 +253,7 @@ def _sync(encoder: Any) -> None:
 
 
 def _threads(encoder: Any) -> int | None:
-    import torch
-
-    return torch.get_num_threads() if encoder.device.type == "cpu" else None
+    return int(encoder.threads) or None
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -196,4 +278,20 @@ def format_table(result: dict[str, Any]) -> str:
         f"batched padding overhead {b['padding_overhead'] * 100:.1f}%; padded baseline agrees with the encoder "
         f"at cosine >= {result['baselines']['padded_to_max']['min_cosine_to_encoder']:.4f}"
     )
+    lines.append("")
+    lines.append(
+        f"backends, same texts, each at its default token budget, median of {result['repeats']} alternating rounds "
+        "after a warm-up on other texts:"
+    )
+    lines.append(
+        f"{'backend':<22} {'budget':>7} {'sent/s':>9} {'tokens/s':>10} {'vs torch':>9} {'per round':>17} "
+        f"{'cos mean':>9} {'cos min':>8}"
+    )
+    for name, r in result["backends"].items():
+        label = f"{name} ({r['precision']})"
+        rounds = f"{min(r['speedup_per_round']):.2f}-{max(r['speedup_per_round']):.2f}x"
+        lines.append(
+            f"{label:<22} {r['token_budget']:>7} {r['sentences_per_s']:>9.1f} {r['tokens_per_s']:>10.0f} "
+            f"{r['speedup_vs_torch']:>8.2f}x {rounds:>17} {r['mean_cosine_to_torch']:>9.5f} {r['min_cosine_to_torch']:>8.5f}"
+        )
     return "\n".join(lines)

@@ -855,6 +855,7 @@ class Bench:
         }
 
     def review_mix(self, work: Workload) -> dict[str, Any]:
+        from xrec.encoder import encoder_identity
         from xrec.modelhub import resolve_model
 
         try:
@@ -882,6 +883,7 @@ class Bench:
             return {
                 "status": "ok",
                 "model": str(model_dir),
+                "encoder": "-".join(encoder_identity(settings)),  # what the worker's settings resolve to
                 "events": n,
                 "reviews": reviews,
                 "covered": cov.covered,
@@ -1118,7 +1120,7 @@ def format_table(result: dict[str, Any]) -> str:
     if text.get("status") == "ok":
         lines.append(
             f"reviews    {text['events_per_s']:.0f} events/s with {text['reviews']} of {text['events']} events "
-            f"encoded, CPU {text['cpu_s_per_1k_events']:.2f} s per 1k events"
+            f"encoded ({text.get('encoder', '?')}), CPU {text['cpu_s_per_1k_events']:.2f} s per 1k events"
         )
     else:
         lines.append(f"reviews    {text['status']}: {text.get('reason', '')}".rstrip(": "))

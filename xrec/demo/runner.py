@@ -28,6 +28,7 @@ from xrec.demo.simulate import DemoUser, PlannedEvent, make_users, play_order
 from xrec.demo.summary import DemoStats
 from xrec.demo.view import Console
 from xrec.errors import CommandError
+from xrec.openvino_encoder import export_openvino, openvino_installed
 from xrec.worker_process import EMPTY_METRICS, WorkerProcess
 
 
@@ -196,7 +197,13 @@ class DemoRun:
                 f"model prepared in {result.seconds:.1f} s (download {result.download_seconds:.1f} s, "
                 f"conversion {result.convert_seconds:.1f} s)"
             )
-        return {"XREC_MODEL": str(path)}
+        env = {"XREC_MODEL": str(path)}
+        if openvino_installed():  # exported into this home once, so the worker's temp home need not redo it
+            export = export_openvino(self.settings, name, path)
+            if not export.reused:
+                self.console.say(f"model exported for OpenVINO (the CPU backend) in {export.seconds:.1f} s")
+            env["XREC_OPENVINO_MODEL"] = str(export.path)
+        return env
 
     async def _play(
         self,

@@ -107,11 +107,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     languages: dict[str, dict[str, float | int]] = {}
     n_texts = 0
     device = "not loaded (all cached)"
+    backend = ""
     for block in blocks:
         xx, info_xx = encoded_vectors(settings, block.texts, kind=args.kind)
         en, info_en = encoded_vectors(settings, block.english, kind=args.kind)
         for info in (info_xx, info_en):
             device = info["device"] if not str(info["device"]).startswith("not loaded") else device
+            backend = info["backend"]
         n_texts += len(block.texts) + len(block.english)
         sims = xx @ en.T
         nxx, nen = neutral_pair(xx, en, block.lang)
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "file": str(path),
         "model": settings.model,
         "device": device,
+        "backend": backend,
         "prefix": getattr(prefixes_for(settings.model), args.kind),
         "languages": languages,
         "mean_accuracy_at_1": float(np.mean(raw)),
@@ -141,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        f"cross-lingual alignment, accuracy@1 — {result['model']} (encoder: {result['device']}), "
+        f"cross-lingual alignment, accuracy@1 — {result['model']} (encoder: {result['device']}, "
+        f"{result['backend']}), "
         f"prefix {result['prefix']!r}",
         f"{'lang':<6} {'pairs':>6} {'xx→en':>7} {'en→xx':>7} {'neutral space: xx→en':>22} {'en→xx':>7}",
     ]

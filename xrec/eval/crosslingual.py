@@ -396,8 +396,8 @@ def format_table(result: dict[str, Any]) -> str:
     enc = result["encoding"]
     lines += [
         "",
-        f"{enc['texts']} texts ({enc['from_cache']} cached, {enc['encoded_now']} encoded in {enc['seconds']:.0f} s); "
-        f"replay {result['seconds']['replay']:.0f} s; total {result['seconds']['total']:.0f} s",
+        f"{enc['texts']} texts ({enc['from_cache']} cached, {enc['encoded_now']} encoded in {enc['seconds']:.0f} s, "
+        f"{enc.get('backend', '?')}); replay {result['seconds']['replay']:.0f} s; total {result['seconds']['total']:.0f} s",
         "(95% bootstrap intervals over readers; the 'xrec −' rows are paired; the clicked news' translations are "
         "left out of every list)",
     ]

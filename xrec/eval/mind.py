@@ -574,8 +574,8 @@ def format_table(result: dict[str, Any]) -> str:
     enc = result["encoding"]
     lines += [
         "",
-        f"{enc['texts']} item texts ({enc['from_cache']} cached, {enc['encoded_now']} encoded in {enc['seconds']:.0f} s); "
-        f"replay {result['seconds']['replay']:.0f} s; total {result['seconds']['total']:.0f} s",
+        f"{enc['texts']} item texts ({enc['from_cache']} cached, {enc['encoded_now']} encoded in {enc['seconds']:.0f} s, "
+        f"{enc.get('backend', '?')}); replay {result['seconds']['replay']:.0f} s; total {result['seconds']['total']:.0f} s",
         result["scoring"],
     ]
     if result.get("plot"):

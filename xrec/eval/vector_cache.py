@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from xrec.config import Settings
+from xrec.modelhub import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +33,21 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def checkpoint_fingerprint(path: Path) -> str:
-    """Identity of a local checkpoint: its config, its build record and the names and sizes of its weights."""
-    h = hashlib.blake2b(digest_size=8)
-    for name in ("config.json", "xrec-prepared.json"):
-        if (path / name).is_file():
-            h.update((path / name).read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        h.update(f"{weights.name}:{weights.stat().st_size}".encode())
-    return h.hexdigest()
+#: The backend and precision every cache was made with before there was a choice; their keys stay as
+#: they were, so existing caches remain valid. Any other (OpenVINO, bf16 on a GPU) gets keys of its own.
+ORIGINAL_BACKEND = "torch-float32"
 
 
-def model_key(model_name: str, fingerprint: str, prefix: str, max_tokens: int) -> str:
-    """Directory name for one encoding setup: readable model name plus a hash of everything that matters."""
-    digest = hashlib.blake2b(f"{model_name}\0{fingerprint}\0{prefix}\0{max_tokens}".encode(), digest_size=6).hexdigest()
+def model_key(model_name: str, fingerprint: str, prefix: str, max_tokens: int, backend: str = ORIGINAL_BACKEND) -> str:
+    """Directory name for one encoding setup: readable model name plus a hash of everything that matters.
+
+    ``backend`` is ``<backend>-<precision>`` (``openvino-bfloat16``): vectors of different backends differ
+    in their last digits and never share a cache.
+    """
+    identity = f"{model_name}\0{fingerprint}\0{prefix}\0{max_tokens}"
+    if backend != ORIGINAL_BACKEND:
+        identity += f"\0{backend}"
+    digest = hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")).strip("_")[-60:]
     return f"{readable}-{digest}"
 
@@ -61,12 +63,13 @@ class VectorCache:
     @classmethod
     def for_settings(cls, settings: Settings, kind: str = "passage") -> VectorCache:
         """The cache of the model ``settings`` name, as the encoder would prefix ``kind`` texts."""
-        from xrec.encoder import prefixes_for
+        from xrec.encoder import encoder_identity, prefixes_for
         from xrec.modelhub import resolve_model
 
         path = resolve_model(settings)
         prefix = prefixes_for(settings.model).for_kind(kind)  # type: ignore[arg-type]
-        key = model_key(settings.model, checkpoint_fingerprint(path), prefix, settings.max_tokens)
+        backend = "-".join(encoder_identity(settings))
+        key = model_key(settings.model, checkpoint_fingerprint(path), prefix, settings.max_tokens, backend)
         return cls(settings.home_path / "cache" / "vectors" / key)
 
     def _load(self) -> None:
@@ -147,6 +150,8 @@ def encoded_vectors(
     Returns the matrix and what it took (texts, how many were encoded now, device, seconds).
     """
     began = time.perf_counter()
+    from xrec.encoder import encoder_identity
+
     cache = VectorCache.for_settings(settings, kind=kind)
     encoder: Any = None
 
@@ -156,7 +161,14 @@ def encoded_vectors(
             from xrec.encoder import TextEncoder
 
             encoder = TextEncoder(settings=settings)
-            log.info("encoding %d texts with %s on %s", len(texts), encoder.model_name, encoder.device)
+            log.info(
+                "encoding %d texts with %s on %s (%s, %s)",
+                len(texts),
+                encoder.model_name,
+                encoder.device,
+                encoder.backend,
+                encoder.precision,
+            )
         return encoder.encode(batch, kind=kind)  # type: ignore[arg-type]
 
     matrix, encoded = cache.vectors(texts, encode)
@@ -166,6 +178,7 @@ def encoded_vectors(
         "from_cache": len(texts) - encoded,
         "cache_dir": str(cache.directory),
         "device": str(encoder.device) if encoder is not None else "not loaded (all cached)",
+        "backend": "-".join(encoder_identity(settings)),
         "seconds": round(time.perf_counter() - began, 2),
     }
     return matrix, info
