@@ -31,6 +31,7 @@ from streams.faust_tuning import tune_running_app
 from streams.feed import EventFeed
 from streams.offsets import OffsetLedger
 from streams.runtime import Runtime
+from streams.supervision import ConsumerLoopError
 from streams.tables import ProfileTable
 from xrec.events import ForgetUser, Interaction, RecordError, parse_control, parse_event
 from xrec.pipeline import EventBatchResult
@@ -79,7 +80,7 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> Event
     async def run_event_batches() -> None:
         await runtime.ensure_started()
         tune_running_app(app, changelog_records_in_flight=(PIPELINE_DEPTH + 1) * runtime.settings.event_batch_size)
-        await pipeline.run()
+        await runtime.loops.run("events", pipeline.run)
 
     @app.timer(interval=1.0, name="xrec.retry-waiting-events")
     async def retry_waiting_events() -> None:
@@ -140,13 +141,18 @@ class EventPipeline:
         while True:
             taken = await self.feed.take()
             started = time.perf_counter()
-            await self.process(taken.events)
+            try:
+                await self.process(taken.events)
+            except Exception as exc:  # a failing batch is dead-lettered inside; this is the loop itself
+                parts = sorted({(e.message.topic, e.message.partition) for e in taken.events})
+                raise ConsumerLoopError(f"event batch loop on {parts}: {type(exc).__name__}: {exc}") from exc
             self.metrics.batch(
                 len(taken.events),
                 fetch=taken.fetch_s,
                 queue=taken.queued_s,
                 apply=time.perf_counter() - started,
             )
+            self.runtime.loops.went_round("events")
 
     async def process(self, batch: Sequence[faust.EventT]) -> None:
         """A batch in its own order: the events before a control record are applied before it runs.

@@ -14,6 +14,7 @@ from typing import Any, cast
 import faust
 
 from streams.agents import register_agents
+from streams.faust_tuning import read_committed_only
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
@@ -21,7 +22,7 @@ from streams.tables import ProfileTable
 from streams.views import register_views
 from xrec import __version__
 from xrec.config import Settings
-from xrec.kafka import KafkaConnection
+from xrec.kafka import KafkaConnection, compression_type
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         producer_linger_ms=5,
+        producer_compression_type=compression_type(settings),
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,  # how soon a killed worker's partitions move
@@ -70,6 +72,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     )
     register_agents(app, runtime, profiles)
     register_views(app, runtime, profiles)
+    read_committed_only(app)
 
     @app.task
     async def index_items() -> None:

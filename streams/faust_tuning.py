@@ -1,4 +1,5 @@
-"""Two of Faust's built-in waits that stalled the event loop under load, set once the app runs.
+"""Where xrec overrides Faust: two built-in waits that stalled the event loop under load, set once
+the app runs, and the isolation level of its consumer, set before it starts.
 
 Both were found with ``xrec bench pipeline`` (BENCHMARKS.md, "The standing queue"): at 50–90% of
 saturation the worker's queue of fresh events grew to seconds while its cores idled, in about half
@@ -57,3 +58,27 @@ def let_changelog_writes_wait_in_the_producer(app: Any, limit: int) -> None:
     buffer = app.producer.buffer
     buffer.max_messages = max(limit, type(buffer).max_messages)
     log.info("producer buffer: the consumer waits for it above %d records (Faust's default: 100)", buffer.max_messages)
+
+
+READ_COMMITTED = "read_committed"
+
+
+def read_committed_only(app: Any) -> None:
+    """Make Faust's consumer skip the records of aborted transactions, whatever the processing guarantee.
+
+    Faust reads ``read_committed`` only under ``exactly_once`` and otherwise ``read_uncommitted``, fixed
+    in the code that creates its aiokafka consumer. A producer that aborts a transaction means its records
+    never happened; with the default ``at_least_once`` they moved profiles. The consumer is made when the
+    app starts, so this wraps that step (call it before the worker starts); a test fails if an upgrade
+    renames what it wraps, and the worker then refuses to start rather than read aborted records.
+    """
+    thread = app.consumer._thread
+    create = thread._create_worker_consumer
+
+    def create_reading_committed(transport: Any) -> Any:
+        consumer = create(transport)
+        consumer._isolation_level = READ_COMMITTED  # read by aiokafka's start(), which builds its fetcher
+        return consumer
+
+    thread._create_worker_consumer = create_reading_committed
+    log.info("event and control consumer: %s", READ_COMMITTED)

@@ -23,8 +23,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from streams.dlq import DeadLetters, DeadSource
 from streams.language_stats import LanguageStatsFollower
 from streams.runtime import Runtime
+from streams.supervision import ConsumerLoopError
 from xrec.events import ItemRecord, RecordError, parse_item
-from xrec.kafka import aiokafka_kwargs
+from xrec.kafka import aiokafka_kwargs, producer_kwargs
 from xrec.pipeline import ItemBatchResult
 from xrec.space import CountedStats, LanguageStats
 from xrec.topics import items_group_id, stats_part_key
@@ -61,9 +62,10 @@ class ItemIndexer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.batch_size,
+            isolation_level="read_committed",  # an aborted transaction's items never reach the store
             **kwargs,
         )
-        self.producer = AIOKafkaProducer(linger_ms=5, **kwargs)
+        self.producer = AIOKafkaProducer(linger_ms=5, **producer_kwargs(settings, self.bootstrap))
         await self.producer.start()
         follower = asyncio.ensure_future(self.stats.run())
         await rt.ensure_started()
@@ -73,14 +75,21 @@ class ItemIndexer:
         log.info("indexing items from %s (group %s)", rt.topics.items, self.group)
         try:
             while True:
-                batches = await self.consumer.getmany(timeout_ms=int(settings.batch_within_ms) or 1)
-                messages = [m for part in batches.values() for m in part]
-                if messages:
-                    await self.index(messages)
-                    await self.consumer.commit()
-                elif not rt.items_caught_up:
-                    rt.items_caught_up = await self._caught_up()
-                await self._report_lag()
+                try:
+                    batches = await self.consumer.getmany(timeout_ms=int(settings.batch_within_ms) or 1)
+                    messages = [m for part in batches.values() for m in part]
+                    if messages:
+                        await self.index(messages)
+                        await self.consumer.commit()
+                    elif not rt.items_caught_up:
+                        rt.items_caught_up = await self._caught_up()
+                    await self._report_lag()
+                except Exception as exc:  # records that fail are dead-lettered inside; this is the loop itself
+                    owned = sorted(tp.partition for tp in self.consumer.assignment())
+                    raise ConsumerLoopError(
+                        f"item indexer reading {rt.topics.items} partitions {owned}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                rt.loops.went_round("items")
         finally:
             follower.cancel()
             await self.consumer.stop()
@@ -201,4 +210,5 @@ class _TakeOverStatistics(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def start_indexer(runtime: Runtime, bootstrap: str) -> asyncio.Task[None]:
-    return asyncio.ensure_future(ItemIndexer(runtime, bootstrap).run())
+    """The indexer under supervision: a failure is said, counted, retried, and fatal after too many."""
+    return asyncio.ensure_future(runtime.loops.run("items", ItemIndexer(runtime, bootstrap).run))

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.supervision import ConsumerLoops
 from xrec.config import Settings
 from xrec.events import Limits, RecommendationList
 from xrec.metrics import XrecMetrics
@@ -57,8 +58,10 @@ class Runtime:
     started: bool = False
     items_caught_up: bool = False
     indexer_task: asyncio.Task[None] | None = None
+    loops: ConsumerLoops = field(init=False)
 
     def __post_init__(self) -> None:
+        self.loops = ConsumerLoops(self.metrics, self.settings.consumer_max_failures)
         self.topics = TopicNames.from_settings(self.settings)
         self.limits = Limits.from_settings(self.settings, vector_dim=self.dim)
         self.recommender = Recommender(self.settings, self.store, self.encoder, self.metrics, dim=self.dim)

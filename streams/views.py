@@ -35,14 +35,18 @@ def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
 
     @app.page("/readyz")
     class ReadyView(View):
-        """Ready once tables are recovered, the store and model are loaded and items are caught up."""
+        """Ready once tables are recovered, the store and model are loaded, items are caught up and no
+        consumer loop is failing (the failing ones are named with their last error)."""
 
         async def get(self, request: Request) -> Response:
             checks = readiness(app, runtime)
             ready = all(checks.values())
             runtime.metrics.set_ready(ready)
+            body: dict[str, Any] = {"ready": ready, "checks": checks}
+            if runtime.loops.failing:
+                body["failing"] = runtime.loops.failing  # loop → its last error
             return self.bytes(
-                orjson.dumps({"ready": ready, "checks": checks}),
+                orjson.dumps(body),
                 content_type="application/json",
                 status=200 if ready else 503,
             )
@@ -63,4 +67,5 @@ def readiness(app: faust.App, runtime: Runtime) -> dict[str, Any]:
         "store_and_model": runtime.started,
         "tables_recovered": bool(recovery.completed.is_set()) and not app.rebalancing,
         "items_caught_up": runtime.items_caught_up,
+        "consumer_loops": not runtime.loops.failing,
     }

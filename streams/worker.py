@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import faust
 
 from streams.app import create_app
 from streams.runtime import Runtime, load_encoder
+from streams.supervision import EXIT_CONSUMER_FAILED
 from xrec.config import Settings
-from xrec.kafka import run_blocking
+from xrec.kafka import missing_codecs, run_blocking
 from xrec.metrics import XrecMetrics
 from xrec.store import open_store
 from xrec.store.exact import use_one_blas_thread
@@ -45,6 +47,9 @@ def run_worker(
     # Kafka. 0.5 ms: in `xrec bench pipeline` at 70% of saturation, 2 runs each, p99 206 and 403 ms
     # against 362 and 2,410 ms (BENCHMARKS.md); the evidence is two runs, the cost a few % CPU.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    missing = missing_codecs()
+    if missing:  # a producer's batch in one of these would stop the consumer that meets it
+        log.error("this worker cannot read %s-compressed records: pip install cramjam", "/".join(missing))
     runtime = build_runtime(settings, with_encoder=with_encoder, dim=dim)  # first: a bad model fails before Kafka
     created = run_blocking(lambda: prepare_topics(settings, bootstrap), timeout_s=60)
     if created:
@@ -59,4 +64,30 @@ def run_worker(
         settings.web_port,
     )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as done:
+        if runtime.loops.fatal is not None:  # stopped because a consumer loop could not go on
+            print(f"xrec worker: {runtime.loops.fatal}", file=sys.stderr)
+            raise SystemExit(EXIT_CONSUMER_FAILED) from None
+        crashed = _crash_reason(app, worker)
+        if crashed is not None:  # Faust's own services (its Kafka consumer's fetcher) crashed: say it in one line
+            print(f"xrec worker: Faust stopped after a crash: {type(crashed).__name__}: {crashed}", file=sys.stderr)
+            raise SystemExit(done.code or 1) from None
+        raise
+
+
+def _crash_reason(*services: Any) -> BaseException | None:
+    """The first crash reason among Faust services and their children (mode records one per crashed service)."""
+    seen: set[int] = set()
+    todo = list(services)
+    while todo:
+        service = todo.pop(0)
+        if id(service) in seen:
+            continue
+        seen.add(id(service))
+        reason = getattr(service, "crash_reason", None)
+        if isinstance(reason, BaseException):
+            return reason
+        todo.extend(getattr(service, "_children", ()) or ())
+    return None

@@ -42,7 +42,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield settings.kafka_bootstrap
         return
     broker = LocalBroker(
-        port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"), cache_dir=default_cache_dir(settings)
+        port=free_port(),
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        cache_dir=default_cache_dir(settings),
+        version=settings.kafka_version,  # XREC_KAFKA_VERSION=4.4.0 runs the suite against Kafka 4
     )
     broker.start()
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 StoreBackend = Literal["edge", "qdrant"]
 EncoderBackend = Literal["auto", "torch", "openvino"]
 OpenVinoPrecision = Literal["auto", "bfloat16", "float32"]
+KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 LanguagePolicy = Literal["any", "prefer", "only"]
 VectorSpace = Literal["language", "catalog", "raw"]
 LanguageDetection = Literal["off", "missing", "correct"]
@@ -64,6 +66,11 @@ class Settings:
         "", "Bootstrap servers of an existing Kafka cluster. Empty: the CLI starts and uses the local broker."
     )
     broker_port: int = _setting(9092, "Port of the local broker that `xrec broker start` and the demo run.")
+    kafka_version: str = _setting(
+        "3.9.2",
+        "Apache Kafka release of the local broker (`xrec broker start`, the demo, the tests): 3.9.x or 4.x, "
+        "fetched from Maven Central once per version.",
+    )
     app_id: str = _setting("xrec", "Faust application id: consumer group and prefix of changelog topics.")
     kafka_security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     kafka_sasl_mechanism: str = _setting("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
@@ -73,8 +80,18 @@ class Settings:
     kafka_ssl_certfile: str = _setting("", "Client certificate (mutual TLS).")
     kafka_ssl_keyfile: str = _setting("", "Client private key (mutual TLS).")
     kafka_ssl_key_password: str = _setting("", "Password of the client private key (never logged).")
+    kafka_compression: KafkaCompression = _setting(
+        "none",
+        "Compression of the records xrec writes (lists, dead letters, statistics, changelogs): none, gzip, snappy, "
+        "lz4 or zstd. Reading, every codec is always accepted.",
+    )
     processing_guarantee: ProcessingGuarantee = _setting(
         "at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions)."
+    )
+    consumer_max_failures: int = _setting(
+        5,
+        "Failures in a row of a consumer loop (item indexer, event batch loop) after which the worker exits "
+        "non-zero; each failure is logged at ERROR, counted and retried after a growing pause (1 s, 2 s, 4 s …).",
     )
     session_timeout_s: float = _setting(
         30.0,
@@ -243,6 +260,10 @@ class Settings:
         for name in ("broker_port", "web_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{env_name(name)}={getattr(self, name)} is not a TCP port (0–65535)")
+        if not re.fullmatch(r"[34]\.\d+\.\d+", self.kafka_version):
+            raise SettingsError(f"XREC_KAFKA_VERSION={self.kafka_version!r}: expected a 3.x.y or 4.x.y Kafka release")
+        if self.consumer_max_failures < 1:
+            raise SettingsError("XREC_CONSUMER_MAX_FAILURES must be at least 1")
         if self.token_budget < 0:
             raise SettingsError("XREC_TOKEN_BUDGET must be 0 (automatic) or a positive number of tokens")
         for name in ("partitions", "item_partitions"):

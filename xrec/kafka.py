@@ -179,6 +179,36 @@ def aiokafka_kwargs(settings: Settings, bootstrap: str | Sequence[str] | None = 
     return KafkaConnection.from_settings(settings, bootstrap).aiokafka_kwargs()
 
 
+def producer_kwargs(settings: Settings, bootstrap: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """``aiokafka_kwargs`` plus what only a producer takes: the compression of ``XREC_KAFKA_COMPRESSION``."""
+    return {**aiokafka_kwargs(settings, bootstrap), "compression_type": compression_type(settings)}
+
+
+def compression_type(settings: Settings) -> str | None:
+    """The codec xrec's producers use (None: uncompressed), after checking it can run here."""
+    codec = settings.kafka_compression
+    if codec == "none":
+        return None
+    if codec not in available_codecs():
+        raise KafkaSettingsError(
+            f"XREC_KAFKA_COMPRESSION={codec}: this Python cannot {codec}-compress (pip install cramjam)"
+        )
+    return codec
+
+
+def available_codecs() -> list[str]:
+    """Record codecs the Kafka client can decode and encode here (gzip is built in; the rest need cramjam)."""
+    from aiokafka import codec
+
+    checks = {"gzip": codec.has_gzip, "snappy": codec.has_snappy, "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+    return [name for name, check in checks.items() if check()]
+
+
+def missing_codecs() -> list[str]:
+    """Codecs a producer may use that this worker could not read: a record batch in one stops its consumer."""
+    return [c for c in ("gzip", "snappy", "lz4", "zstd") if c not in available_codecs()]
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic to create: partitions, replication and config (``compacted`` sets ``cleanup.policy``)."""

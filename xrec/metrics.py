@@ -37,6 +37,7 @@ EVENT_TYPE_LABELS = (*EVENT_TYPES, UNKNOWN_EVENT_TYPE)
 #: ``forgotten``: events still waiting for their item when ``forget_user`` erased their user.
 EVENT_OUTCOMES = ("processed", "duplicate", "dlq", "forgotten")
 ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
+CONSUMER_LOOPS = ("items", "events")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 #: Where a batch of events spends its time: ``fetch`` (from the event's Kafka timestamp to the worker
 #: reading it, the oldest of the batch), ``queue`` (read, waiting for the batch loop), ``apply`` (decode,
@@ -148,6 +149,12 @@ class XrecMetrics:
             (),
         )
         self.encoder_errors = self._counter("xrec_encoder_errors_total", "Encoder calls that raised.", ())
+        self.consumer_failures = self._counter(
+            "xrec_consumer_failures_total",
+            "Failures of a consumer loop (items: the item indexer; events: the event batch loop); each is "
+            "logged at ERROR and retried, and too many in a row stop the worker.",
+            ("consumer",),
+        )
         self.store_request = self._histogram(
             "xrec_store_request_seconds",
             "Vector store calls, failed ones included, by backend and operation.",
@@ -202,6 +209,8 @@ class XrecMetrics:
                 self.events.labels(type=event_type, outcome=outcome)
         for outcome in ITEM_OUTCOMES:
             self.items.labels(outcome=outcome)
+        for consumer in CONSUMER_LOOPS:
+            self.consumer_failures.labels(consumer=consumer)
         for stage in STAGES:
             self.stage.labels(stage=stage)
         for phase in BATCH_PHASES:
@@ -362,6 +371,11 @@ class XrecMetrics:
 
     def set_items_indexed(self, count: int) -> None:
         self.items_indexed.set(count)
+
+    def consumer_failure(self, consumer: str) -> None:
+        if consumer not in CONSUMER_LOOPS:
+            raise ValueError(f"consumer {consumer!r} is not one of {CONSUMER_LOOPS}")
+        self.consumer_failures.labels(consumer=consumer).inc()
 
     def set_ready(self, ready: bool) -> None:
         self.worker_ready.set(1 if ready else 0)

@@ -18,7 +18,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from xrec.broker import (
-    KAFKA_VERSION,
     BrokerError,
     LocalBroker,
     default_cache_dir,
@@ -115,7 +114,7 @@ def test_broker_starts_round_trips_stops_and_restarts_with_its_data(tmp_path: Pa
     try:
         started = _xrec_broker("start", port, data_dir, env)
         assert started["running"] and started["already_running"] is False and started["formatted"] is True
-        assert started["version"] == KAFKA_VERSION and started["port"] == port
+        assert started["version"] == Settings.from_env().kafka_version and started["port"] == port
         pid = started["pid"]
 
         status = _xrec_broker("status", port, data_dir, env)

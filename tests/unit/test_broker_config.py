@@ -139,3 +139,13 @@ def test_the_local_broker_takes_sasl_plain_from_settings_and_refuses_ssl(tmp_pat
     assert broker.status().security_protocol == "SASL_PLAINTEXT" and not broker.status().running
     with pytest.raises(BrokerError, match="PLAINTEXT or SASL_PLAINTEXT"):
         LocalBroker.from_settings(sasl.replace(kafka_security_protocol="SSL"))
+
+
+def test_kafka_4_gets_log4j2_and_its_config_format() -> None:
+    from xrec.broker import KAFKA4_VERSION, render_log4j2, uses_log4j2
+
+    pom = render_pom(KAFKA4_VERSION)
+    assert f"<artifactId>kafka_2.13</artifactId><version>{KAFKA4_VERSION}</version>" in pom
+    assert "<artifactId>log4j-slf4j2-impl</artifactId>" in pom and "reload4j" not in pom
+    assert uses_log4j2("4.0.1") and not uses_log4j2(KAFKA_VERSION)
+    assert "appender.file.type=RollingFile" in render_log4j2(Path("/tmp/server.log"))

@@ -131,6 +131,8 @@ def another_valid_value(name: str) -> tuple[str, Any]:
         return str(default + 0.5), default + 0.5
     if name == "event_weights":
         return "view=0.25", "view=0.25"
+    if name == "kafka_version":
+        return "4.4.0", "4.4.0"
     return f"custom-{name}", f"custom-{name}"
 
 

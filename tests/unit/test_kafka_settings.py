@@ -8,7 +8,7 @@ import ssl
 import pytest
 
 from streams.app import faust_broker_kwargs as faust_app_kwargs
-from xrec.config import Settings
+from xrec.config import Settings, SettingsError
 from xrec.kafka import (
     KafkaConnection,
     KafkaSettingsError,
@@ -134,3 +134,33 @@ def test_a_compacted_topic_spec_asks_for_compaction_and_keeps_other_config() -> 
     spec = TopicSpec("xrec.recommendations", partitions=4, compacted=True, config={"segment.ms": "60000"})
     assert spec.topic_configs() == {"cleanup.policy": "compact", "segment.ms": "60000"}
     assert TopicSpec("plain").topic_configs() == {}
+
+
+def test_every_kafka_codec_can_be_read_here() -> None:
+    from xrec.kafka import available_codecs, missing_codecs
+
+    assert available_codecs() == ["gzip", "snappy", "lz4", "zstd"]  # cramjam is a dependency
+    assert missing_codecs() == []
+
+
+def test_producers_compress_with_the_chosen_codec_and_none_means_uncompressed() -> None:
+    from xrec.kafka import compression_type, producer_kwargs
+
+    assert compression_type(Settings.from_env({})) is None
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        settings = Settings.from_env({}, kafka_compression=codec, kafka_bootstrap="h:9092")
+        assert producer_kwargs(settings)["compression_type"] == codec
+
+
+def test_a_codec_this_python_cannot_write_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xrec.kafka
+    from xrec.kafka import KafkaSettingsError, compression_type
+
+    monkeypatch.setattr(xrec.kafka, "available_codecs", lambda: ["gzip"])
+    with pytest.raises(KafkaSettingsError, match=r"XREC_KAFKA_COMPRESSION=zstd.*pip install cramjam"):
+        compression_type(Settings.from_env({}, kafka_compression="zstd"))
+
+
+def test_an_unknown_codec_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="XREC_KAFKA_COMPRESSION"):
+        Settings.from_env({"XREC_KAFKA_COMPRESSION": "brotli"})

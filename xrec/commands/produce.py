@@ -411,7 +411,12 @@ def run(args: argparse.Namespace) -> int:
             "control": settings.topic_control,
         }[args.kind]
     )
-    kwargs = kafka_client_kwargs(settings)
+    from xrec.kafka import KafkaSettingsError, compression_type
+
+    try:
+        kwargs = {**kafka_client_kwargs(settings), "compression_type": compression_type(settings)}
+    except KafkaSettingsError as exc:
+        raise CommandError(str(exc)) from None
     limits = Limits.from_settings(settings)
     stream = open_input(args.file)
     started = time.monotonic()
