@@ -83,7 +83,7 @@ class Settings:
     kafka_compression: KafkaCompression = _setting(
         "none",
         "Compression of the records xrec writes (lists, dead letters, statistics, changelogs): none, gzip, snappy, "
-        "lz4 or zstd. Reading, every codec is always accepted.",
+        "lz4 or zstd (none: no gain measured on one machine, BENCHMARKS.md). Every codec is always read.",
     )
     processing_guarantee: ProcessingGuarantee = _setting(
         "at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions)."
