@@ -308,6 +308,13 @@ def checkpoint_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def keyed_dir_name(model_name: str, identity: str) -> str:
+    """A directory name for something derived from a model: its readable name plus a hash of ``identity``."""
+    digest = hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")).strip("_")[-60:]
+    return f"{readable}-{digest}"
+
+
 def download_dir(settings: Settings) -> Path:
     return settings.home_path / "downloads"
 

@@ -16,18 +16,15 @@ marker, so a crash never leaves a half-written model that looks usable.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
-import re
 import shutil
 import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,7 +34,7 @@ import numpy as np
 
 from xrec.config import Settings
 from xrec.errors import XrecError
-from xrec.modelhub import checkpoint_fingerprint, exclusive_lock, replace_dir
+from xrec.modelhub import checkpoint_fingerprint, exclusive_lock, keyed_dir_name, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,8 @@ def import_openvino() -> ModuleType:
     (Google Analytics, from forked processes) unless the user has opted out or ``CI=true``. xrec sends
     nothing anywhere: while OpenVINO is first imported its telemetry package is hidden, so OpenVINO
     binds the no-op stub it ships for a missing telemetry package (``openvino.tools.ovc.telemetry_stub``).
-    Tests fail if a new OpenVINO reports through another path.
+    Where a host program imported OpenVINO first, its converter modules are pointed at that stub here,
+    so conversions stay silent. Tests fail if a new OpenVINO reports through another path.
     """
     if "openvino" not in sys.modules:
         hidden = sys.modules.get("openvino_telemetry")
@@ -76,7 +74,18 @@ def import_openvino() -> ModuleType:
                 sys.modules["openvino_telemetry"] = hidden
     import openvino
 
+    _bind_telemetry_stub()
     return openvino
+
+
+def _bind_telemetry_stub() -> None:
+    stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+    for name, module in list(sys.modules.items()):
+        if (
+            name.startswith("openvino.tools.ovc")
+            and getattr(getattr(module, "tm", None), "__name__", "") == "openvino_telemetry"
+        ):
+            module.tm = stub  # type: ignore[attr-defined]
 
 
 def openvino_version() -> str:
@@ -100,9 +109,7 @@ def export_dir(settings: Settings, model_name: str, model_path: Path) -> Path:
         f"{p.name}:{p.stat().st_mtime_ns}" for p in model_path.glob("*") if p.suffix in {".safetensors", ".bin"}
     )
     identity = f"{checkpoint_fingerprint(model_path)}\0{written}\0{openvino_version()}\0{EXPORT_FORMAT}"
-    digest = hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")).strip("_")[-60:]
-    return settings.home_path / "models" / "openvino" / f"{readable}-{digest}"
+    return settings.home_path / "models" / "openvino" / keyed_dir_name(model_name, identity)
 
 
 def is_exported(path: Path) -> bool:
@@ -169,7 +176,7 @@ def _convert(model_path: Path, out: Path) -> None:
         "input_ids": torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]], dtype=torch.int64),
         "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.int64),
     }
-    with torch.inference_mode(), warnings.catch_warnings(), no_usage_reports():
+    with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python conditions in the model's code
         converted = ov.convert_model(
             MeanPooled(model),
@@ -203,26 +210,6 @@ def openvino_model_for(settings: Settings, model_name: str, model_path: Path) ->
             "run `xrec model prepare` again for this XREC_MODEL"
         )
     return given / MODEL_XML
-
-
-@contextlib.contextmanager
-def no_usage_reports() -> Iterator[None]:
-    """Convert without OpenVINO's usage reports even where OpenVINO was imported before xrec could hide
-    its telemetry (see :func:`import_openvino`): for the call, its converter modules get the stub."""
-    stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
-    swapped = []
-    for name, module in list(sys.modules.items()):
-        if (
-            name.startswith("openvino.tools.ovc")
-            and getattr(getattr(module, "tm", None), "__name__", "") == "openvino_telemetry"
-        ):
-            swapped.append((module, module.tm))  # type: ignore[attr-defined]
-            module.tm = stub  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        for module, original in swapped:
-            module.tm = original  # type: ignore[attr-defined]
 
 
 class OpenVinoRunner:

@@ -44,6 +44,7 @@ import numpy as np
 from xrec.config import Settings
 from xrec.errors import CommandError
 from xrec.eval import metrics as m
+from xrec.eval.mind import ranking_settings
 from xrec.eval.topic_catalog import TopicCatalog, TopicItem, bilingual_mind, topic_tsv
 
 log = logging.getLogger(__name__)
@@ -283,22 +284,6 @@ def summarize(judged: Judged, readers: list[Reader], catalog: TopicCatalog, roun
         "worst_language": {s: {"lang": lang, "category_p10": value} for s, (lang, value) in worst.items()},
         "language_mix": mix,
     }
-
-
-def ranking_settings(settings: Settings) -> dict[str, Any]:
-    names = (
-        "vector_space",
-        "language_detection",
-        "interests_k",
-        "interest_threshold",
-        "interest_temperature",
-        "language_policy",
-        "language_weight",
-        "trending_weight",
-        "mmr_lambda",
-        "candidates_per_interest",
-    )
-    return {name: getattr(settings, name) for name in names}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

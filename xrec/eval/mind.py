@@ -435,6 +435,7 @@ def beyond_accuracy(out: ReplayResult, vectors: dict[str, np.ndarray]) -> dict[s
 
 
 def ranking_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that shape a ranking, echoed in every evaluation report (``xrec eval mind|crosslingual``)."""
     names = (
         "interests_k",
         "interest_threshold",
@@ -449,6 +450,7 @@ def ranking_settings(settings: Settings) -> dict[str, Any]:
         "vector_space",
         "list_length",
         "candidates_per_interest",
+        "language_detection",
     )
     return {name: getattr(settings, name) for name in names}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from xrec.config import Settings
-from xrec.modelhub import checkpoint_fingerprint
+from xrec.modelhub import checkpoint_fingerprint, keyed_dir_name
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +46,15 @@ def model_key(model_name: str, fingerprint: str, prefix: str, max_tokens: int, b
     identity = f"{model_name}\0{fingerprint}\0{prefix}\0{max_tokens}"
     if backend != ORIGINAL_BACKEND:
         identity += f"\0{backend}"
-    digest = hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")).strip("_")[-60:]
-    return f"{readable}-{digest}"
+    return keyed_dir_name(model_name, identity)
 
 
 class VectorCache:
     """Text → vector rows under one directory (one model setup)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, backend: str = ORIGINAL_BACKEND) -> None:
         self.directory = directory
+        self.backend = backend  # ``<backend>-<precision>`` the vectors were made with
         self._rows: dict[str, np.ndarray] = {}
         self._loaded = False
 
@@ -70,7 +68,7 @@ class VectorCache:
         prefix = prefixes_for(settings.model).for_kind(kind)  # type: ignore[arg-type]
         backend = "-".join(encoder_identity(settings))
         key = model_key(settings.model, checkpoint_fingerprint(path), prefix, settings.max_tokens, backend)
-        return cls(settings.home_path / "cache" / "vectors" / key)
+        return cls(settings.home_path / "cache" / "vectors" / key, backend)
 
     def _load(self) -> None:
         if self._loaded:
@@ -150,8 +148,6 @@ def encoded_vectors(
     Returns the matrix and what it took (texts, how many were encoded now, device, seconds).
     """
     began = time.perf_counter()
-    from xrec.encoder import encoder_identity
-
     cache = VectorCache.for_settings(settings, kind=kind)
     encoder: Any = None
 
@@ -178,7 +174,7 @@ def encoded_vectors(
         "from_cache": len(texts) - encoded,
         "cache_dir": str(cache.directory),
         "device": str(encoder.device) if encoder is not None else "not loaded (all cached)",
-        "backend": "-".join(encoder_identity(settings)),
+        "backend": cache.backend,
         "seconds": round(time.perf_counter() - began, 2),
     }
     return matrix, info
