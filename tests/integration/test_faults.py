@@ -337,7 +337,19 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, worker: Wor
         if worker is not None and worker.exited() is not None:
             raise AssertionError(f"worker exited with {worker.exited()} while waiting for {what}")
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{_state_of(worker)}")
+
+
+def _state_of(worker: WorkerProcess | None) -> str:
+    """What the worker says about itself, for a failure message: /readyz and the end of its log."""
+    if worker is None:
+        return ""
+    try:
+        status, body = worker.get_json("/readyz")
+        ready = f"/readyz {status} {body}"
+    except Exception as exc:  # it may not answer at all: that is worth showing too
+        ready = f"/readyz did not answer: {type(exc).__name__}: {exc}"
+    return f"\n{ready}\nlog {worker.log_path}:\n{worker.log_tail(40)}"
 
 
 def metric_sum(worker: WorkerProcess, name: str, **labels: str) -> float:
