@@ -139,6 +139,10 @@ class EventPipeline:
     async def run(self) -> None:
         """The batch loop: take what has arrived, run it, go again without waiting for delivery."""
         while True:
+            if not len(self.feed):
+                # Nothing read is waiting: an idle loop is a healthy one. After a failure /readyz would
+                # otherwise stay 503 until the next event arrives, however long that takes.
+                self.runtime.loops.went_round("events")
             taken = await self.feed.take()
             started = time.perf_counter()
             try:

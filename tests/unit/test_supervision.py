@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from streams.agents import EventPipeline
+from streams.feed import EventFeed
 from streams.supervision import ConsumerLoops
 from xrec.metrics import XrecMetrics
 
@@ -73,3 +79,34 @@ async def test_a_healthy_round_between_failures_resets_the_count() -> None:
 
     await loops.run("items", flaky)
     assert loops.fatal is None  # never two failures in a row
+
+
+class FailingOnceEventPipeline(EventPipeline):
+    """The real batch loop (``EventPipeline.run``) over a real feed; its first batch fails."""
+
+    def __init__(self, loops: ConsumerLoops) -> None:
+        self.runtime = SimpleNamespace(loops=loops)  # type: ignore[assignment]
+        self.metrics = XrecMetrics()
+        self.feed = EventFeed(max_batch=8, capacity=8)
+        self.batches = 0
+
+    async def process(self, batch: Any) -> None:
+        self.batches += 1
+        if self.batches == 1:
+            raise RuntimeError("the producer was closed under it")
+
+
+async def test_an_event_loop_started_again_after_a_failure_is_healthy_while_it_waits_for_events() -> None:
+    loops = ConsumerLoops(XrecMetrics(), max_failures=5, first_pause_s=0.0, stop_worker=lambda: None)
+    pipeline = FailingOnceEventPipeline(loops)
+    await pipeline.feed.put(SimpleNamespace(message=SimpleNamespace(topic="xrec.events", partition=0)))
+    task = asyncio.ensure_future(loops.run("events", pipeline.run))
+    try:
+        for _ in range(100):  # until the loop failed, was started again and waits on an empty feed
+            await asyncio.sleep(0)
+        assert pipeline.batches == 1 and failures(loops.metrics, "events") == 1
+        assert loops.failing == {}  # no event arrived since, and /readyz must not stay 503 until one does
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
