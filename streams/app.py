@@ -23,6 +23,7 @@ from streams.views import register_views
 from xrec import __version__
 from xrec.config import Settings
 from xrec.kafka import KafkaConnection, compression_type
+from xrec.metrics import CONSUMER_LAG_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         runtime.metrics,
     )
 
-    @app.timer(interval=5.0, name="xrec.consumer-lag")
+    @app.timer(interval=CONSUMER_LAG_INTERVAL_S, name="xrec.consumer-lag")
     async def report_consumer_lag() -> None:
         await lag_reporter.report(app.consumer.assignment())
 

@@ -57,6 +57,7 @@ from xrec.bench.texts import mind_news, sample_sentences
 from xrec.config import Settings
 from xrec.errors import CommandError
 from xrec.kafka import read_to_end
+from xrec.metrics import CONSUMER_LAG_INTERVAL_S
 from xrec.worker_process import EMPTY_METRICS, WORKER_COMMAND, MetricSamples, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ STALL_TIMEOUT_S = 90.0
 SAMPLE_EVERY_S = 0.1
 #: How often the worker's /metrics is read while waiting; rendering it costs the worker CPU, so not too often.
 METRICS_POLL_S = 2.0
+#: How long a drained worker may take to commit its last events (Faust commits every 2.8 s).
+SETTLE_TIMEOUT_S = 60.0
 REVIEW_SHARE = 0.5
 
 
@@ -578,16 +581,25 @@ class Bench:
             time.sleep(METRICS_POLL_S)
 
     def _settled(self, child: SampledProcess, metrics: MetricSamples) -> MetricSamples:
-        """Events are counted before their lists are sent: wait until the published count stops moving."""
-        published = metrics.sum("xrec_lists_published_total")
-        for _ in range(30):
-            time.sleep(METRICS_POLL_S)
+        """Events are counted before their lists are in Kafka: wait until the worker's group has committed
+        every event it read (``xrec_consumer_lag``, from the broker, is 0 on each partition it owns). A
+        worker commits an event only once its batch's lists are written, so the topic then holds them all;
+        a fixed pause after the count stopped moving missed the last list on a slow machine."""
+        handled_at = time.monotonic()
+        fresh_after = handled_at + CONSUMER_LAG_INTERVAL_S + 0.5  # a lag reading taken after every event was handled
+        while time.monotonic() < handled_at + SETTLE_TIMEOUT_S:
             scrape = child.metrics_or_empty()
-            now = scrape if scrape.samples else metrics
-            if now.sum("xrec_lists_published_total") == published:
-                time.sleep(1.0)  # the producer's linger and buffer
-                return now
-            metrics, published = now, now.sum("xrec_lists_published_total")
+            if scrape.samples:
+                metrics = scrape
+                lags = [value for name, _, value in scrape.samples if name == "xrec_consumer_lag"]
+                if lags and not any(lags) and time.monotonic() >= fresh_after:
+                    return metrics
+            time.sleep(METRICS_POLL_S)
+        log.warning(
+            "%s: its consumer lag did not reach 0 within %.0f s; lists still on their way are not counted",
+            child.name,
+            SETTLE_TIMEOUT_S,
+        )
         return metrics
 
     @contextmanager
