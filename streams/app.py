@@ -9,12 +9,13 @@ puts each profile on the same partition number as the user's events.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, cast
 
 import faust
 
 from streams.agents import register_agents
-from streams.faust_tuning import read_committed_only
+from streams.faust_tuning import read_committed_only, restart_stalled_recovery
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
@@ -85,6 +86,11 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         (topics.events, topics.events_by_user, topics.control),
         runtime.metrics,
     )
+
+    @app.timer(interval=5.0, name="xrec.recovery-watch")
+    async def watch_table_recovery() -> None:
+        if restart_stalled_recovery(app.tables.recovery, time.monotonic()):  # type: ignore[attr-defined]
+            runtime.metrics.recovery_restarts.inc()
 
     @app.timer(interval=CONSUMER_LAG_INTERVAL_S, name="xrec.consumer-lag")
     async def report_consumer_lag() -> None:

@@ -151,6 +151,12 @@ class XrecMetrics:
             (),
         )
         self.encoder_errors = self._counter("xrec_encoder_errors_total", "Encoder calls that raised.", ())
+        self.recovery_restarts = self._counter(
+            "xrec_table_recovery_restarts_total",
+            "Profile-table recoveries started again because no changelog record arrived for a while (a Faust "
+            "stall after rebalances); each is logged at WARNING.",
+            (),
+        )
         self.consumer_failures = self._counter(
             "xrec_consumer_failures_total",
             "Failures of a consumer loop (items: the item indexer; events: the event batch loop); each is "
