@@ -15,7 +15,7 @@ from typing import Any, cast
 import faust
 
 from streams.agents import register_agents
-from streams.faust_tuning import read_committed_only, restart_stalled_recovery
+from streams.faust_tuning import RECOVERY_CHECK_EVERY_S, read_committed_only, restart_stalled_recovery
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
@@ -87,7 +87,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         runtime.metrics,
     )
 
-    @app.timer(interval=5.0, name="xrec.recovery-watch")
+    @app.timer(interval=RECOVERY_CHECK_EVERY_S, name="xrec.recovery-watch")
     async def watch_table_recovery() -> None:
         if restart_stalled_recovery(app.tables.recovery, time.monotonic()):  # type: ignore[attr-defined]
             runtime.metrics.recovery_restarts.inc()

@@ -87,6 +87,8 @@ def read_committed_only(app: Any) -> None:
 
 #: A table recovery that received no changelog record for this long is started again.
 RECOVERY_STALL_S = 20.0
+#: How often the worker looks (``streams/app.py``).
+RECOVERY_CHECK_EVERY_S = 5.0
 
 
 def restart_stalled_recovery(recovery: Any, now: float, stall_s: float = RECOVERY_STALL_S) -> bool:

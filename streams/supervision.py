@@ -4,9 +4,10 @@ The item indexer and the event batch loop each run forever. Before this, an exce
 one (a record batch in a codec the client cannot read, a bug) ended its task without a word: items
 stopped being indexed while /readyz stayed green. Now each failure is one ERROR line naming the loop
 and what it was reading, ``xrec_consumer_failures_total{consumer}`` counts it (an alert fires), and
-/readyz answers 503 until the loop gets through a round again (a batch, or a wait with nothing to read). The loop is started again after a
-growing pause; ``XREC_CONSUMER_MAX_FAILURES`` failures in a row mean it cannot go on (the same bad
-batch, say), and the worker stops and exits non-zero with one line, for its supervisor to act on.
+/readyz answers 503 until the loop gets through a round again (a batch, or a wait with nothing to
+read). The loop is started again after a growing pause; ``XREC_CONSUMER_MAX_FAILURES`` failures in
+a row mean it cannot go on (the same bad batch, say), and the worker stops and exits non-zero with
+one line, for its supervisor to act on.
 """
 
 from __future__ import annotations

@@ -43,9 +43,9 @@ STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 #: reading it, the oldest of the batch), ``queue`` (read, waiting for the batch loop), ``apply`` (decode,
 #: profile updates: the part done in event order), ``lists`` (store search, ranking and sends, overlapping
 #: the next batch's apply), ``delivery`` (from the last send to Kafka acknowledging every write).
+BATCH_PHASES = ("fetch", "queue", "apply", "lists", "delivery")
 #: Seconds between two readings of ``xrec_consumer_lag`` from the broker.
 CONSUMER_LAG_INTERVAL_S = 5.0
-BATCH_PHASES = ("fetch", "queue", "apply", "lists", "delivery")
 STORE_BACKENDS = ("edge", "qdrant")
 STORE_OPERATIONS = ("ensure_collection", "upsert", "delete", "fetch", "query", "count", "optimize")
 #: What a resolved language was attached to: an item's text, or the text of a review.
