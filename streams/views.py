@@ -35,8 +35,8 @@ def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
 
     @app.page("/readyz")
     class ReadyView(View):
-        """Ready once tables are recovered, the store and model are loaded, items are caught up and no
-        consumer loop is failing (the failing ones are named with their last error)."""
+        """Ready once tables are recovered, the store and model are loaded and the store answers, items
+        are caught up and no consumer loop is failing (the failing ones are named with their last error)."""
 
         async def get(self, request: Request) -> Response:
             checks = readiness(app, runtime)
@@ -57,6 +57,7 @@ def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
 
         async def get(self, request: Request) -> Response:
             runtime.metrics.set_ready(all(readiness(app, runtime).values()))
+            runtime.metrics.set_store_reachable(runtime.store.reachable)
             body, content_type = runtime.metrics.render(request.headers.get("Accept"))
             return self.bytes(body, headers={"Content-Type": content_type})
 
@@ -65,6 +66,7 @@ def readiness(app: faust.App, runtime: Runtime) -> dict[str, Any]:
     recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager has it, TableManagerT does not
     return {
         "store_and_model": runtime.started,
+        "store_reachable": runtime.store.reachable,
         "tables_recovered": bool(recovery.completed.is_set()) and not app.rebalancing,
         "items_caught_up": runtime.items_caught_up,
         "consumer_loops": not runtime.loops.failing,

@@ -1,12 +1,15 @@
-"""Shared fixtures: a real Kafka broker for the session, unique topics, and markers by directory.
+"""Shared fixtures: a real Kafka broker and a real Qdrant server for the session, unique topics, and
+markers by directory.
 
-Tests under ``tests/integration`` are marked ``integration``, those under ``tests/unit`` ``unit``, so
-``pytest -m unit`` runs without Java. Keep this file small; put fixtures of one area in a conftest
-next to its tests.
+Tests under ``tests/integration`` are marked ``integration``, those under ``tests/unit`` ``unit`` (unless
+a parameter marks them ``integration``: a contract test run against the Qdrant server), so
+``pytest -m unit`` runs without Java or a server. Keep this file small; put fixtures of one area in a
+conftest next to its tests.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +20,10 @@ import pytest
 from xrec.broker import LocalBroker, default_cache_dir, free_port
 from xrec.config import Settings
 from xrec.kafka import TopicSpec, create_topics, run_blocking
+from xrec.store.local_server import LocalQdrantServer
+
+#: The API key every test Qdrant server requires, so the key's path is always exercised.
+QDRANT_TEST_API_KEY = "xrec-test-key"
 
 _TESTS = Path(__file__).parent
 
@@ -26,8 +33,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.path))
         if _TESTS / "integration" in path.parents:
             item.add_marker(pytest.mark.integration)
-        elif _TESTS / "unit" in path.parents:
+        elif _TESTS / "unit" in path.parents and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.unit)
+
+
+def start_qdrant_server(data_dir: Path) -> LocalQdrantServer:
+    """A real Qdrant server (``XREC_QDRANT_BIN``, default ``../shared/bin/qdrant``) on free loopback
+    ports with ``QDRANT_TEST_API_KEY``. Without the binary the test skips, except under ``CI``, where
+    that is a failure."""
+    binary = Settings.from_env().qdrant_binary()
+    if not os.access(binary, os.X_OK):
+        message = f"no Qdrant server binary at {binary} (set XREC_QDRANT_BIN; see ../shared/bin/README.md)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return LocalQdrantServer(binary, data_dir, api_key=QDRANT_TEST_API_KEY).start()
+
+
+@pytest.fixture(scope="session")
+def qdrant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalQdrantServer]:
+    """One server for the session; tests that stop or restart a server start their own."""
+    server = start_qdrant_server(tmp_path_factory.mktemp("qdrant"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,14 @@ class Settings:
     qdrant_url: str = _setting("http://localhost:6333", "Qdrant server URL for the qdrant backend.")
     qdrant_api_key: str = _setting("", "Qdrant API key (never logged).")
     qdrant_prefer_grpc: bool = _setting(True, "Use gRPC to talk to the Qdrant server.")
+    qdrant_grpc_port: int = _setting(
+        6334, "gRPC port of the Qdrant server (its host is the URL's); used while XREC_QDRANT_PREFER_GRPC is on."
+    )
+    qdrant_bin: str = _setting(
+        "",
+        "Qdrant server binary that the test suite and `xrec bench` start for the qdrant backend; "
+        "default: ../shared/bin/qdrant beside the xrec checkout.",
+    )
     collection: str = _setting("xrec_items", "Name of the item collection.")
     store_index_threshold: int = _setting(
         20_000,
@@ -257,7 +265,7 @@ class Settings:
                 )
         if self.interests_k < 1:
             raise SettingsError("XREC_INTERESTS_K must be at least 1")
-        for name in ("broker_port", "web_port"):
+        for name in ("broker_port", "web_port", "qdrant_grpc_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{env_name(name)}={getattr(self, name)} is not a TCP port (0–65535)")
         if not re.fullmatch(r"[34]\.\d+\.\d+", self.kafka_version):
@@ -275,6 +283,12 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home) if self.home else default_home()
+
+    def qdrant_binary(self) -> Path:
+        """The Qdrant server binary to start locally: ``XREC_QDRANT_BIN``, else ``../shared/bin/qdrant``."""
+        if self.qdrant_bin:
+            return Path(self.qdrant_bin)
+        return Path(__file__).resolve().parents[2] / "shared" / "bin" / "qdrant"
 
     def shared_data(self, name: str) -> Path:
         """A data set's folder: under ``XREC_DATA_DIR``, else ``../shared/data`` beside the checkout that

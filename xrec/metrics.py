@@ -174,6 +174,12 @@ class XrecMetrics:
             "Vector store calls that raised, by backend and operation.",
             ("backend", "operation"),
         )
+        self.store_reachable = self._gauge(
+            "xrec_store_reachable",
+            "1 while the vector store answers; 0 while a Qdrant server is unreachable (calls wait and try again, "
+            "records stay in Kafka).",
+            (),
+        )
         self.dlq_records = self._counter(
             "xrec_dlq_records_total",
             "Records sent to the dead-letter topic, by reason code and source topic.",
@@ -210,6 +216,7 @@ class XrecMetrics:
 
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
         self.worker_ready.set(0)
+        self.store_reachable.set(1)
         # Pre-register the known label sets at zero: a counter that appears only with its first
         # increment loses that increment to rate(), and ratio alerts need both sides present.
         for event_type in EVENT_TYPE_LABELS:
@@ -387,6 +394,9 @@ class XrecMetrics:
 
     def set_ready(self, ready: bool) -> None:
         self.worker_ready.set(1 if ready else 0)
+
+    def set_store_reachable(self, reachable: bool) -> None:
+        self.store_reachable.set(1 if reachable else 0)
 
     # --- exposition ------------------------------------------------------------------------------
     def render(self, accept: str | None = None) -> tuple[bytes, str]:

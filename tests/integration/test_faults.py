@@ -1,4 +1,5 @@
-"""Faults survived with real worker processes and a real broker: kill -9, broker restart, a lost worker.
+"""Faults survived with real worker processes and a real broker: kill -9, broker restart, a lost worker,
+a restart of the Qdrant server the worker stores its items in.
 
 Each test streams a few thousand events over ~50 users through ``xrec worker --no-encoder``, injects
 one fault, then reads the profile changelog (the state a restarted or surviving worker restores from)
@@ -28,6 +29,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from tests.conftest import start_qdrant_server
 from tests.integration.conftest import WorkerEnv, WorkerProcess, lists_for
 from xrec.broker import LocalBroker, default_cache_dir, free_port
 from xrec.config import Settings
@@ -352,6 +354,27 @@ def _state_of(worker: WorkerProcess | None) -> str:
     return f"\n{ready}\nlog {worker.log_path}:\n{worker.log_tail(40)}"
 
 
+def second_round(seed: int) -> list[dict[str, Any]]:
+    """More events of the same users: new event ids, each user's 20 minutes after their first round."""
+    events = make_events(per_user=20, seed=seed)
+    for e in events:
+        e["event_id"] = e["event_id"].replace("-e", "-f")
+        e["ts"] += 20 * 60_000
+    return events
+
+
+def lists_answering_the_last_events(env: WorkerEnv, events: list[dict[str, Any]]) -> tuple[list[Any], set[str]]:
+    """The recommendations topic once every user of ``events`` has a list for their last event (or 60 s
+    passed), and the users who have one."""
+    last = {e["user_id"]: e["event_id"] for e in events}
+
+    def answered(messages: list[Any]) -> set[str]:
+        return {u for u in last if any(m and m["trigger_event_id"] == last[u] for m in lists_for(messages, u))}
+
+    msgs = env.consume(env.topics["recommendations"], lambda ms: answered(ms) == set(last), timeout_s=60)
+    return msgs, answered(msgs)
+
+
 def metric_sum(worker: WorkerProcess, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` (0 when the worker does not answer)."""
     return worker.metrics_or_empty().sum(name, **labels)
@@ -529,6 +552,69 @@ def test_the_worker_resumes_by_itself_after_the_broker_restarts_and_loses_nothin
             w.stop()
 
 
+# --- Qdrant server restart ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_qdrant_server_restart_while_the_worker_runs_is_said_plainly_and_loses_nothing(
+    worker_env: WorkerEnv, protocol: str
+) -> None:
+    env = worker_env
+    server = start_qdrant_server(env.tmp / "qdrant")  # its own: this test stops it
+    try:
+        env.env.update(
+            XREC_STORE_BACKEND="qdrant",
+            XREC_QDRANT_URL=server.url,
+            XREC_QDRANT_GRPC_PORT=str(server.grpc_port),
+            XREC_QDRANT_PREFER_GRPC=str(protocol == "grpc").lower(),
+            XREC_QDRANT_API_KEY=server.api_key,
+        )
+        items = make_items()
+        worker = env.start_worker(*WORKER_ARGS)
+        index_items(env, worker, items)
+        first = make_events(per_user=20, seed=5)
+        env.produce_json(env.topics["events"], "user_id", first)
+        wait_reflected(env.bootstrap, env, replay(first, items, worker_settings(env)), timeout_s=90, workers=(worker,))
+
+        server.stop()
+        down_at = time.monotonic()
+        second = second_round(seed=6)
+        env.produce_json(env.topics["events"], "user_id", second)
+        wait_for(
+            "/readyz to say the store is unreachable",
+            lambda: worker.get_json("/readyz")[1]["checks"]["store_reachable"] is False,
+            timeout_s=60,
+            worker=worker,
+        )
+        assert worker.get_json("/readyz")[0] == 503
+        assert metric_sum(worker, "xrec_store_reachable") == 0
+        said = [line for line in worker.log_tail(400).splitlines() if "is unreachable" in line]
+        assert said and server.url in said[0], worker.log_tail(40)
+        time.sleep(10)  # events wait in Kafka while it is away, and the clients back off
+        server.start()
+        away_s = time.monotonic() - down_at
+
+        everything = first + second
+        expected = replay(everything, items, worker_settings(env))
+        stored = wait_reflected(env.bootstrap, env, expected, timeout_s=120, workers=(worker,))
+        result = compare(stored, expected, len(everything))
+        _, answered = lists_answering_the_last_events(env, second)
+        print(
+            f"\n[qdrant restart, {protocol}] {result.figures()}, server away {away_s:.1f}s, "
+            f"users with a list for their last event {len(answered)}/{N_USERS}, worker restarted=no"
+        )
+        assert worker.exited() is None, worker.log_tail()
+        assert_no_loss(result, f"qdrant restart, {protocol}", env)
+        assert len(answered) == N_USERS
+        wait_for("/readyz 200 again", lambda: worker.get_json("/readyz")[0] == 200, timeout_s=30, worker=worker)
+        assert metric_sum(worker, "xrec_store_reachable") == 1
+        assert "answers again" in worker.log_tail(400)
+    finally:
+        for w in env.workers:
+            w.stop()
+        server.stop()
+
+
 def isolated_env(bootstrap: str, tag: str) -> dict[str, str]:
     tag = f"{tag}-{uuid.uuid4().hex[:6]}"
     return {
@@ -598,31 +684,22 @@ def test_a_killed_workers_partitions_move_to_the_survivor_which_restores_profile
     )
     moved_after = time.monotonic() - killed_at
 
-    second_half = make_events(per_user=20, seed=6)
-    for e in second_half:
-        e["event_id"] = e["event_id"].replace("-e", "-f")
-        e["ts"] += 20 * 60_000  # after the first half, per user
+    second_half = second_round(seed=6)
     env.produce_json(events_topic, "user_id", second_half)
     everything = first_half + second_half
     expected = replay(everything, items, worker_settings(env))
     stored = wait_reflected(bootstrap, env, expected, timeout_s=120, workers=(a,))
     result = compare(stored, expected, len(everything))
 
-    last = {e["user_id"]: e["event_id"] for e in second_half}
-    msgs = env.consume(
-        env.topics["recommendations"],
-        lambda ms: all(any(m and m["trigger_event_id"] == last[u] for m in lists_for(ms, u)) for u in last),
-        timeout_s=60,
-    )
+    msgs, answered = lists_answering_the_last_events(env, second_half)
     moved_users = {m.key.decode() for m in msgs if m.partition in owned_by_b}
-    answered = {u for u in last if any(m and m["trigger_event_id"] == last[u] for m in lists_for(msgs, u))}
     print(
         f"\n[lost worker] {result.figures()}, b processed {b_processed:.0f} before the kill, partitions {owned_by_b} "
         f"moved to a in {moved_after:.1f}s (session timeout {SESSION_TIMEOUT_S}s), users on them {len(moved_users)}, "
-        f"users with a list for their last event {len(answered)}/{len(last)}"
+        f"users with a list for their last event {len(answered)}/{N_USERS}"
     )
     assert moved_users, "no user lived on the killed worker's partition"
-    assert answered == set(last)
+    assert len(answered) == N_USERS
     assert_no_loss(result, "lost worker", env)
     # a has restored b's users from the changelog: each of their profiles continued from the first half
     assert all(stored[u].events == expected[u].events for u in moved_users)

@@ -1,19 +1,23 @@
 """The worker end to end against the real broker, with items that carry their own vectors.
 
 These tests run ``xrec worker --no-encoder`` so they stay fast; the cross-lingual behaviour with the
-real encoder is in ``test_crosslingual.py``.
+real encoder is in ``test_crosslingual.py``. Tests taking ``any_store`` run once on the embedded edge
+store and once on the session's real Qdrant server (its own collection per test).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from tests.integration.conftest import WorkerEnv, lists_for
 from xrec.store.edge import EdgeStore
+from xrec.store.local_server import LocalQdrantServer
 
 DIM = 16
 TOPICS = 4
@@ -82,7 +86,25 @@ def latest_list(worker_env: WorkerEnv, user: str, trigger: str, timeout_s: float
     return found[-1]
 
 
-def test_a_click_publishes_a_contract_list_keyed_by_the_user(worker_env: WorkerEnv) -> None:
+def use_qdrant_server(worker_env: WorkerEnv, server: LocalQdrantServer) -> None:
+    """Workers started from now on keep their items in a collection of their own on ``server``."""
+    worker_env.env.update(
+        XREC_STORE_BACKEND="qdrant",
+        XREC_QDRANT_URL=server.url,
+        XREC_QDRANT_GRPC_PORT=str(server.grpc_port),
+        XREC_QDRANT_API_KEY=server.api_key,
+        XREC_COLLECTION=f"items-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture(params=["edge", "qdrant-server"])
+def any_store(request: pytest.FixtureRequest, worker_env: WorkerEnv) -> str:
+    if request.param == "qdrant-server":
+        use_qdrant_server(worker_env, request.getfixturevalue("qdrant_server"))
+    return str(request.param)
+
+
+def test_a_click_publishes_a_contract_list_keyed_by_the_user(worker_env: WorkerEnv, any_store: str) -> None:
     start(worker_env)
     event = click("U1", "T0-0", 0)
     worker_env.produce_json(worker_env.topics["events"], "user_id", [event])
@@ -159,7 +181,9 @@ def test_a_malformed_record_goes_to_the_dlq_and_the_worker_keeps_going(worker_en
     assert worker.metrics().sum("xrec_dlq_records_total") == 2
 
 
-def test_seen_items_never_come_back_and_a_dislike_pushes_similar_items_down(worker_env: WorkerEnv) -> None:
+def test_seen_items_never_come_back_and_a_dislike_pushes_similar_items_down(
+    worker_env: WorkerEnv, any_store: str
+) -> None:
     start(worker_env)
     clicks = [click("U3", f"T0-{i}", i) for i in range(3)] + [click("U3", f"T1-{i}", i) for i in range(3)]
     worker_env.produce_json(worker_env.topics["events"], "user_id", clicks)
@@ -212,3 +236,31 @@ def test_profiles_are_restored_from_the_changelog_after_a_restart(worker_env: Wo
     assert any(i.startswith("T0-") for i in ids), ids  # the history from before the restart is there
     assert any(i.startswith("T1-") for i in ids), ids
     assert not {h["item_id"] for h in history} & set(ids)  # and so is what the user had already seen
+
+
+def test_two_workers_on_one_qdrant_server_index_each_item_once_and_both_serve_lists(
+    worker_env: WorkerEnv, qdrant_server: LocalQdrantServer
+) -> None:
+    use_qdrant_server(worker_env, qdrant_server)
+    workers = [worker_env.start_worker("--no-encoder", "--dim", str(DIM)) for _ in range(2)]
+    items = topic_items()
+    worker_env.produce_json(worker_env.topics["items"], "item_id", items)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(
+        w.metrics().sum("xrec_items_total", outcome="upserted") for w in workers
+    ) < len(items):
+        time.sleep(0.3)
+    time.sleep(2)  # a second copy of any item would be upserted by now
+    upserted = [w.metrics().sum("xrec_items_total", outcome="upserted") for w in workers]
+    assert sum(upserted) == len(items), f"upserts per worker {upserted}: each item once in all"
+
+    users = [f"S{u}" for u in range(12)]  # keyed by user: spread over both events partitions
+    clicks = [click(u, f"T{k % TOPICS}-{k % 8}", 0) for k, u in enumerate(users)]
+    worker_env.produce_json(worker_env.topics["events"], "user_id", clicks)
+    lists = {c["user_id"]: latest_list(worker_env, c["user_id"], c["event_id"]) for c in clicks}
+    for c in clicks:
+        topic = c["item_id"].split("-")[0]
+        assert all(i["item_id"].startswith(topic) for i in lists[c["user_id"]]["items"][:5]), lists[c["user_id"]]
+    published = [w.metrics().sum("xrec_lists_published_total") for w in workers]
+    assert all(n > 0 for n in published), f"lists per worker {published}: both serve their users"
+    assert sum(published) == len(clicks)

@@ -1,7 +1,10 @@
 """One contract, two engines: every VectorStore backend must pass these tests unchanged.
 
-``edge`` runs real Qdrant Edge on a temp directory; ``qdrant`` runs qdrant-client's local mode,
-which speaks the server's API (persisted under a temp directory so it can be reopened too).
+``edge`` runs real Qdrant Edge on a temp directory. The ``qdrant`` backend runs three ways: against
+qdrant-client's local mode (``qdrant-local``, persisted under a temp directory so it can be reopened),
+and against a real Qdrant server over gRPC and over HTTP (``qdrant-grpc``, ``qdrant-http``: the
+session's server from ``tests/conftest.py``, on non-default ports and behind an API key; these runs
+are marked ``integration``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -29,13 +33,20 @@ from xrec.store import (
     open_store,
     point_id,
 )
+from xrec.store.local_server import LocalQdrantServer
 
 # The remote client checks the server version from a background thread, so its warning about the
 # unreachable test URL can surface during any later test of this module.
 pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version")
 
 DIM = 8
-BACKENDS = ["edge", "qdrant"]
+ON_SERVER = pytest.mark.integration
+BACKENDS = [
+    "edge",
+    "qdrant-local",
+    pytest.param("qdrant-grpc", marks=ON_SERVER),
+    pytest.param("qdrant-http", marks=ON_SERVER),
+]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 StoreFactory = Callable[..., VectorStore]
@@ -68,17 +79,37 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def server_settings(server: LocalQdrantServer, collection: str, *, grpc: bool, **overrides: object) -> Settings:
+    """Settings of a worker that uses ``server``, as a user would write them."""
+    fields: dict[str, object] = {
+        "store_backend": "qdrant",
+        "qdrant_url": server.url,
+        "qdrant_grpc_port": server.grpc_port,
+        "qdrant_prefer_grpc": grpc,
+        "qdrant_api_key": server.api_key,
+        "collection": collection,
+        **overrides,
+    }
+    return Settings.from_env({}, **fields)
+
+
 @pytest.fixture
-async def make_store(backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens stores of the backend under test on one temp location; closes any left open."""
+async def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """Opens stores of the backend under test on one location (a temp dir, or collections of this
+    test's own on the server); closes any left open."""
     opened: list[VectorStore] = []
+    server = request.getfixturevalue("qdrant_server") if backend in ("qdrant-grpc", "qdrant-http") else None
+    prefix = f"t{uuid.uuid4().hex[:12]}"
 
     def factory(dim: int | None = None, name: str = "items") -> VectorStore:
         store: VectorStore
         if backend == "edge":
             store = EdgeStore(tmp_path / name, dim=dim)
-        else:
+        elif server is None:
             store = QdrantServerStore.local(name, path=tmp_path / "qdrant-local", dim=dim)
+        else:
+            settings = server_settings(server, f"{prefix}-{name}", grpc=backend == "qdrant-grpc")
+            store = QdrantServerStore.from_settings(settings, dim=dim)
         opened.append(store)
         return store
 
@@ -97,7 +128,8 @@ async def store(make_store: StoreFactory) -> VectorStore:
 
 async def test_both_backends_satisfy_the_protocol(store: VectorStore) -> None:
     assert isinstance(store, VectorStore)
-    assert store.name in BACKENDS
+    assert store.name in ("edge", "qdrant")
+    assert store.reachable
 
 
 async def test_ensure_collection_is_idempotent_and_keeps_the_data(store: VectorStore) -> None:

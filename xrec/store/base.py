@@ -149,6 +149,10 @@ class VectorStore(Protocol):
 
     name: str
 
+    @property
+    def reachable(self) -> bool:
+        """False while the backend is away (a server's outage): calls wait for it instead of failing."""
+
     async def ensure_collection(self, dim: int) -> None:
         """Create the collection (cosine, payload indexes) if missing; check ``dim`` if present."""
 

@@ -135,6 +135,11 @@ class EdgeStore:
     def dim(self) -> int | None:
         return self._dim
 
+    @property
+    def reachable(self) -> bool:
+        """Always: the shard is in this process."""
+        return True
+
     # --- protocol --------------------------------------------------------------------------------
     async def ensure_collection(self, dim: int) -> None:
         await self._call("ensure_collection", self._open_sync, dim)

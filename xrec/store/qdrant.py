@@ -1,7 +1,11 @@
 """The ``qdrant`` backend: a Qdrant server through ``qdrant-client``'s AsyncQdrantClient.
 
 For multi-worker deployments: every worker talks to one (sharded, replicated) collection, gRPC
-preferred. The same class runs on qdrant-client's local mode (``QdrantServerStore.local()``), a
+preferred. A server that answered once and then becomes unreachable (a restart, a network cut) is an
+outage, not an error of the records at hand: every call waits for it, retrying with a growing pause
+and saying so in the log, and ``reachable`` is False meanwhile (the worker's /readyz and
+``xrec_store_reachable`` show it); the records stay in Kafka until it is back. A server that never
+answered fails the first call at once, so a wrong URL or port is said plainly. The same class runs on qdrant-client's local mode (``QdrantServerStore.local()``), a
 pure-Python implementation of the same API that the contract tests and the benchmark use. Local
 mode searches by brute force, ignores payload indexes and runs synchronously inside the async
 client, so it blocks the event loop: a testing tool, never a deployment.
@@ -9,14 +13,20 @@ client, so it blocks the event loop: a testing tool, never a deployment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
+import httpx
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from xrec.config import Settings
 from xrec.store.base import (
@@ -44,6 +54,15 @@ log = logging.getLogger(__name__)
 
 #: Points per upsert request: keeps each gRPC/HTTP message well under the server's size limit.
 UPSERT_BATCH = 256
+#: Pauses between tries while an outage lasts: doubling from the first to the last.
+OUTAGE_FIRST_PAUSE_S = 0.25
+OUTAGE_LAST_PAUSE_S = 5.0
+#: While an outage lasts, one WARNING line per this many seconds (each try is logged at DEBUG).
+OUTAGE_LOG_EVERY_S = 30.0
+#: HTTP statuses a proxy or a starting server answers with while the service is away.
+_AWAY_STATUSES = frozenset({502, 503, 504})
+
+T = TypeVar("T")
 
 _FIELD_SCHEMA = {
     "lang": qm.PayloadSchemaType.KEYWORD,
@@ -64,15 +83,27 @@ class QdrantServerStore:
         self._dim = dim
         self._ready_done = False
         self._local = where.startswith("local")
+        self._answered = False  # the server answered once: from then on, unreachable means an outage
+        self._away_since: float | None = None
+        self._away_logged = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, dim: int | None = None) -> QdrantServerStore:
-        client = AsyncQdrantClient(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key or None,
-            prefer_grpc=settings.qdrant_prefer_grpc,
-        )
-        return cls(client, settings.collection, dim=dim, where=settings.qdrant_url)
+        grpc_port = settings.qdrant_grpc_port
+        with warnings.catch_warnings():
+            # An API key over plain http is the user's choice (a private network, a sidecar); say it once, at start.
+            warnings.simplefilter("ignore", UserWarning)
+            client = AsyncQdrantClient(
+                url=settings.qdrant_url,
+                grpc_port=grpc_port,
+                api_key=settings.qdrant_api_key or None,
+                prefer_grpc=settings.qdrant_prefer_grpc,
+                check_compatibility=False,
+            )
+        where = settings.qdrant_url + (f" (gRPC port {grpc_port})" if settings.qdrant_prefer_grpc else "")
+        if settings.qdrant_api_key and settings.qdrant_url.startswith("http://"):
+            log.warning("the Qdrant API key is sent over plain http to %s", settings.qdrant_url)
+        return cls(client, settings.collection, dim=dim, where=where)
 
     @classmethod
     def local(cls, collection: str, *, path: str | Path | None = None, dim: int | None = None) -> QdrantServerStore:
@@ -89,16 +120,16 @@ class QdrantServerStore:
     def dim(self) -> int | None:
         return self._dim
 
+    @property
+    def reachable(self) -> bool:
+        """False while an outage lasts (calls are waiting for the server to come back)."""
+        return self._away_since is None
+
     # --- protocol --------------------------------------------------------------------------------
     async def ensure_collection(self, dim: int) -> None:
-        try:
-            if not await self.client.collection_exists(self.collection):
-                await self._create(dim)
-            await self._check_and_index(dim)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._error("ensure_collection", exc) from exc
+        if not await self._call("ensure_collection", lambda: self.client.collection_exists(self.collection)):
+            await self._create(dim)
+        await self._check_and_index(dim)
         self._dim = dim
         self._ready_done = True
 
@@ -107,30 +138,20 @@ class QdrantServerStore:
             return
         await self._ready()
         batch = prepare_upsert(points, self._dim)
-        try:
-            for start in range(0, len(batch.ids), UPSERT_BATCH):
-                end = start + UPSERT_BATCH
-                await self.client.upsert(
-                    self.collection,
-                    points=qm.Batch(
-                        ids=list(batch.ids[start:end]),
-                        vectors=batch.vectors[start:end],
-                        payloads=batch.payloads[start:end],
-                    ),
-                    wait=True,
-                )
-        except Exception as exc:
-            raise self._error("upsert", exc) from exc
+        for start in range(0, len(batch.ids), UPSERT_BATCH):
+            end = start + UPSERT_BATCH
+            chunk = qm.Batch(
+                ids=list(batch.ids[start:end]), vectors=batch.vectors[start:end], payloads=batch.payloads[start:end]
+            )
+            await self._call("upsert", partial(self.client.upsert, self.collection, points=chunk, wait=True))
 
     async def delete(self, item_ids: Sequence[str]) -> None:
         if not item_ids:
             return
         await self._ready()
         ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
-        try:
-            await self.client.delete(self.collection, points_selector=qm.PointIdsList(points=ids), wait=True)
-        except Exception as exc:
-            raise self._error("delete", exc) from exc
+        selector = qm.PointIdsList(points=ids)
+        await self._call("delete", lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
 
     async def fetch(
         self, item_ids: Sequence[str], payload_fields: tuple[str, ...] | None = None
@@ -139,12 +160,10 @@ class QdrantServerStore:
             return {}
         await self._ready()
         ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
-        try:
-            records = await self.client.retrieve(
-                self.collection, ids, with_payload=fields_selection(payload_fields), with_vectors=True
-            )
-        except Exception as exc:
-            raise self._error("fetch", exc) from exc
+        with_payload = fields_selection(payload_fields)
+        records = await self._call(
+            "fetch", lambda: self.client.retrieve(self.collection, ids, with_payload=with_payload, with_vectors=True)
+        )
         out: dict[str, StoredItem] = {}
         for rec in records:
             payload = dict(rec.payload or {})
@@ -160,10 +179,7 @@ class QdrantServerStore:
         await self._ready()
         matrix = vector_matrix([queries[i].vector for i in todo], self._dim, "query")
         requests = [_query_request(queries[i], vec, with_vectors) for i, vec in zip(todo, matrix.tolist(), strict=True)]
-        try:
-            answers = await self.client.query_batch_points(self.collection, requests=requests)
-        except Exception as exc:
-            raise self._error("query", exc) from exc
+        answers = await self._call("query", lambda: self.client.query_batch_points(self.collection, requests=requests))
         for i, answer in zip(todo, answers, strict=True):
             results[i] = [_hit(sp, with_vectors) for sp in answer.points]
         return results
@@ -174,10 +190,7 @@ class QdrantServerStore:
 
     async def count(self) -> int:
         await self._ready()
-        try:
-            return (await self.client.count(self.collection, exact=True)).count
-        except Exception as exc:
-            raise self._error("count", exc) from exc
+        return (await self._call("count", lambda: self.client.count(self.collection, exact=True))).count
 
     async def optimize(self) -> bool:
         """The server optimizes and indexes in the background by itself; local mode has no index."""
@@ -197,29 +210,26 @@ class QdrantServerStore:
         if self._dim is not None:
             await self.ensure_collection(self._dim)
             return
-        try:
-            exists = await self.client.collection_exists(self.collection)
-        except Exception as exc:
-            raise self._error("open", exc) from exc
-        if not exists:
+        if not await self._call("open", lambda: self.client.collection_exists(self.collection)):
             raise StoreError(
                 f"{self.where}: collection {self.collection!r} does not exist and no vector size was given"
             )
         self._ready_done = True
 
     async def _create(self, dim: int) -> None:
+        config = qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
         try:
-            await self.client.create_collection(
-                self.collection, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
+            await self._call(
+                "ensure_collection", lambda: self.client.create_collection(self.collection, vectors_config=config)
             )
             log.info("qdrant collection %r created on %s (%d-d, cosine)", self.collection, self.where, dim)
-        except Exception:
+        except StoreError:
             # Another worker may have created it between our check and our create: that is fine.
-            if not await self.client.collection_exists(self.collection):
+            if not await self._call("ensure_collection", lambda: self.client.collection_exists(self.collection)):
                 raise
 
     async def _check_and_index(self, dim: int) -> None:
-        info = await self.client.get_collection(self.collection)
+        info = await self._call("ensure_collection", lambda: self.client.get_collection(self.collection))
         vectors = info.config.params.vectors
         if not isinstance(vectors, qm.VectorParams):
             raise StoreError(
@@ -236,14 +246,81 @@ class QdrantServerStore:
                 # Local mode answers every payload index with a warning that it has no effect; we know.
                 warnings.simplefilter("ignore", UserWarning)
             for name in missing:
-                await self.client.create_payload_index(
-                    self.collection, name, field_schema=_FIELD_SCHEMA[name], wait=True
+                await self._call(
+                    "ensure_collection",
+                    partial(
+                        self.client.create_payload_index,
+                        self.collection,
+                        name,
+                        field_schema=_FIELD_SCHEMA[name],
+                        wait=True,
+                    ),
                 )
+
+    async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One client call; an outage (see the module docstring) is waited out, anything else is a StoreError."""
+        pause = OUTAGE_FIRST_PAUSE_S
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:
+                if not (self._answered and is_unreachable(exc)):
+                    raise self._error(op, exc) from exc
+                self._away(op, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(OUTAGE_LAST_PAUSE_S, pause * 2)
+                continue
+            self._answered = True
+            if self._away_since is not None:
+                log.warning(
+                    "qdrant at %s answers again after %.1f s away; the waiting calls go on",
+                    self.where,
+                    time.monotonic() - self._away_since,
+                )
+                self._away_since = None
+            return result
+
+    def _away(self, op: str, exc: BaseException, pause: float) -> None:
+        now = time.monotonic()
+        if self._away_since is None:
+            self._away_since = now
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        if now - self._away_logged >= OUTAGE_LOG_EVERY_S:
+            self._away_logged = now
+            log.warning(
+                "qdrant at %s is unreachable for %.0f s (%s on %r: %s); calls wait and try again, "
+                "records stay in Kafka until it is back",
+                self.where,
+                now - self._away_since,
+                op,
+                self.collection,
+                reason,
+            )
+        else:
+            log.debug("qdrant at %s still unreachable (%s): next try in %.2f s", self.where, reason, pause)
 
     def _error(self, op: str, exc: BaseException) -> StoreError:
         if isinstance(exc, StoreError):
             return exc
         return StoreError(f"{self.where}: {op} on collection {self.collection!r} failed: {type(exc).__name__}: {exc}")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The server could not be reached or said it is away: a transport failure, not an answer to the call."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() == grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, ResponseHandlingException):
+        return isinstance(exc.source, httpx.TransportError)
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in _AWAY_STATUSES
+    return isinstance(exc, httpx.TransportError)
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc.details())
+    text = str(exc) or repr(exc)
+    return text.splitlines()[0] if text else ""
 
 
 def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) -> qm.QueryRequest:
