@@ -32,7 +32,7 @@ from streams.feed import EventFeed
 from streams.offsets import OffsetLedger
 from streams.runtime import Runtime
 from streams.supervision import ConsumerLoopError
-from streams.tables import ProfileTable
+from streams.tables import ProfileTable, held_profiles
 from xrec.events import ForgetUser, Interaction, RecordError, parse_control, parse_event
 from xrec.pipeline import EventBatchResult
 
@@ -295,7 +295,7 @@ class EventPipeline:
                 unit.writes.append(await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json()))
                 self.runtime.latest.put(lst.user_id, lst)
                 m.list_published(len(lst.items), trigger_ts.get(lst.trigger_event_id or ""), time.time() * 1000)
-        m.set_profiles(len(self.profiles))
+        m.set_profiles(held_profiles(self.profiles))
 
     async def _control(self, message: Any) -> None:
         rt = self.runtime

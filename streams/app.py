@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -19,7 +20,7 @@ from streams.faust_tuning import RECOVERY_CHECK_EVERY_S, read_committed_only, re
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
 from streams.runtime import Runtime
-from streams.tables import ProfileTable
+from streams.tables import LocalTables, ProfileTable, describe_table_store
 from streams.views import register_views
 from xrec import __version__
 from xrec.config import Settings
@@ -36,11 +37,12 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     # Logged here: Faust's on_before_configured fires when the table below first reads app.conf, before
     # a handler connected after it could hear it.
     log.info("xrec %s worker settings: %s", __version__, settings.redacted())
-    settings.worker_state_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings.worker_state_dir.mkdir(parents=True, exist_ok=True)
+    log.info("profile table: %s", describe_table_store(settings))
     app = faust.App(
         settings.app_id,
         **faust_broker_kwargs(settings, bootstrap),
-        store="memory://",
+        store=f"{settings.table_store}://",
         Table=ProfileTable,  # its changelog writes can be awaited before a batch is acked
         datadir=str(settings.worker_state_dir),
         processing_guarantee=settings.processing_guarantee,
@@ -72,6 +74,9 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         use_partitioner=True,
         help="User profiles (xrec.profile.UserProfile bytes), keyed by user_id.",
     )
+    if settings.table_store == "rocksdb":
+        runtime.local_tables = LocalTables(Path(app.conf.tabledir))
+        log.info("profile table: %s", runtime.local_tables.open())
     register_agents(app, runtime, profiles)
     register_views(app, runtime, profiles)
     read_committed_only(app)

@@ -52,6 +52,8 @@ class ItemIndexer:
         self.counted_through: dict[TopicPartition, int] = {}  # per owned partition: last offset the statistics count
         self._lag_partitions: set[Any] = set()
         self._lag_reported_at = 0.0
+        self.joined = False  # the group gave this indexer its partitions (none, when others index them all)
+        self._caught_up_checked_at = 0.0
 
     async def run(self) -> None:
         rt = self.runtime
@@ -182,14 +184,26 @@ class ItemIndexer:
             if end is not None:
                 metrics.set_consumer_lag(tp.topic, tp.partition, end - await self.consumer.position(tp))
 
-    async def _caught_up(self) -> bool:
+    async def _caught_up(self, every_s: float = 1.0) -> bool:
+        """Every item written so far is in the store: this indexer's partitions are read to their end, or,
+        when workers sharing a Qdrant server left it none, the group has committed every partition's end."""
         assert self.consumer is not None
-        assignment = self.consumer.assignment()
-        if not assignment:
+        now = time.monotonic()
+        if not self.joined or now - self._caught_up_checked_at < every_s:
             return False
-        ends = await self.consumer.end_offsets(list(assignment))
-        positions = {tp: await self.consumer.position(tp) for tp in assignment}
-        return all(positions[tp] >= ends[tp] for tp in assignment)
+        self._caught_up_checked_at = now
+        assignment = self.consumer.assignment()
+        if assignment:
+            ends = await self.consumer.end_offsets(list(assignment))
+            positions = {tp: await self.consumer.position(tp) for tp in assignment}
+            return all(positions[tp] >= ends[tp] for tp in assignment)
+        topic = self.runtime.topics.items
+        partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return False
+        ends = await self.consumer.end_offsets(partitions)
+        committed = {tp: await self.consumer.committed(tp) or 0 for tp in partitions}
+        return all(committed[tp] >= ends[tp] for tp in partitions)
 
 
 class _TakeOverStatistics(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -204,6 +218,7 @@ class _TakeOverStatistics(ConsumerRebalanceListener):  # type: ignore[misc]
             self.indexer.counted_through.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.indexer.joined = True
         for tp in assigned:
             key = stats_part_key(self.indexer.group, tp.partition)
             self.indexer.counted_through[tp] = self.indexer.stats.take_over(key)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.supervision import ConsumerLoops
+from streams.tables import LocalTables
 from xrec.config import Settings
 from xrec.events import Limits, RecommendationList
 from xrec.metrics import XrecMetrics
@@ -59,6 +60,7 @@ class Runtime:
     items_caught_up: bool = False
     indexer_task: asyncio.Task[None] | None = None
     loops: ConsumerLoops = field(init=False)
+    local_tables: LocalTables | None = None  # XREC_TABLE_STORE=rocksdb: told when the worker stops cleanly
 
     def __post_init__(self) -> None:
         self.loops = ConsumerLoops(self.metrics, self.settings.consumer_max_failures)

@@ -74,6 +74,8 @@ def run_worker(
         if crashed is not None:  # Faust's own services (its Kafka consumer's fetcher) crashed: say it in one line
             print(f"xrec worker: Faust stopped after a crash: {type(crashed).__name__}: {crashed}", file=sys.stderr)
             raise SystemExit(done.code or 1) from None
+        if not done.code and runtime.local_tables is not None:
+            runtime.local_tables.stopped_cleanly()
         raise
 
 

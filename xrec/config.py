@@ -26,6 +26,7 @@ KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 LanguagePolicy = Literal["any", "prefer", "only"]
 VectorSpace = Literal["language", "catalog", "raw"]
 LanguageDetection = Literal["off", "missing", "correct"]
+TableStore = Literal["memory", "rocksdb"]
 
 DEFAULT_EVENT_WEIGHTS = "view=0.3,click=1.0,like=1.5,add_to_cart=2.0,purchase=3.0,review=1.5,dislike=-1.5,skip=-0.3"
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "qdrant_api_key", "kafka_ssl_key_password"})
@@ -87,6 +88,16 @@ class Settings:
     )
     processing_guarantee: ProcessingGuarantee = _setting(
         "at_least_once", "at_least_once (with event_id dedup) or exactly_once (Kafka transactions)."
+    )
+    table_store: TableStore = _setting(
+        "memory",
+        "Where a worker keeps its profile table: memory (restored from the changelog at every start) or rocksdb "
+        "(on disk under XREC_STATE_DIR; a restarted worker reads only the changelog written since it stopped).",
+    )
+    state_dir: str = _setting(
+        "",
+        "The worker's local state: Faust's data directory, with the rocksdb profile tables (default "
+        "$XREC_HOME/faust/<XREC_APP_ID>). Give each worker process on one host its own, and keep it across restarts.",
     )
     consumer_max_failures: int = _setting(
         5,
@@ -299,8 +310,8 @@ class Settings:
 
     @property
     def worker_state_dir(self) -> Path:
-        """Where a worker keeps its local state (Faust's data directory): one per app id."""
-        return self.home_path / "faust" / self.app_id
+        """Where a worker keeps its local state (Faust's data directory): ``XREC_STATE_DIR``, else one per app id."""
+        return Path(self.state_dir) if self.state_dir else self.home_path / "faust" / self.app_id
 
     @property
     def store_dir(self) -> Path:

@@ -46,6 +46,8 @@ class WorkerEnv:
         port = free_port()
         env = {**os.environ, **self.env, "XREC_WEB_PORT": str(port), **extra_env}
         env["XREC_STORE_PATH"] = str(store_path or self.tmp / "store")
+        # Local state beside the store, so each concurrent worker has its own and a restart finds its own.
+        env.setdefault("XREC_STATE_DIR", env["XREC_STORE_PATH"] + "-state")
         log_path = self.tmp / f"worker-{len(self.workers)}.log"
         worker = WorkerProcess(env, log_path, port, [*WORKER_COMMAND, *args]).start()
         self.workers.append(worker)

@@ -7,6 +7,9 @@ store and once on the session's real Qdrant server (its own collection per test)
 
 from __future__ import annotations
 
+import itertools
+import re
+import signal
 import time
 import uuid
 from typing import Any
@@ -221,28 +224,65 @@ def test_forget_user_publishes_a_tombstone_and_the_next_event_starts_afresh(work
     assert {i["because"] for i in lst["items"]} == {"T3-0"}
 
 
-def test_profiles_are_restored_from_the_changelog_after_a_restart(worker_env: WorkerEnv) -> None:
-    worker = start(worker_env)
-    history = [click("U5", f"T0-{i}", i) for i in range(4)]
-    worker_env.produce_json(worker_env.topics["events"], "user_id", history)
-    latest_list(worker_env, "U5", history[-1]["event_id"])
-    assert worker.stop() == 0, worker.log_tail()
+def recovery_reads(log_text: str) -> list[dict[int, tuple[int, int]]]:
+    """What each Faust table recovery in a worker log read of the profile changelog: partition →
+    (offset it started reading at, highwater), from the two tables Faust logs at every recovery."""
+    row = re.compile(r"^\| (?:\S*profiles-changelog|〃)\s*\| (\d+)\s*\| (-?\d+)\s*\|")
+    tables: dict[str, list[dict[int, int]]] = {"Highwater - Active": [], "Reading Starts At - Active": []}
+    for title, found in tables.items():
+        for block in log_text.split("+" + title)[1:]:
+            lines = itertools.takewhile(lambda line: line.startswith(("|", "+")), block.splitlines()[1:])
+            found.append({int(m[1]): int(m[2]) for m in map(row.match, lines) if m})
+    highwaters, starts = tables["Highwater - Active"], tables["Reading Starts At - Active"]
+    return [{p: (start[p], high[p]) for p in high} for high, start in zip(highwaters, starts, strict=True)]
 
-    worker_env.start_worker("--no-encoder", "--dim", str(DIM))
+
+@pytest.mark.parametrize("table_store", ["memory", "rocksdb"])
+@pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
+def test_profiles_are_restored_after_a_restart_and_rocksdb_reads_only_the_changelogs_tail(
+    worker_env: WorkerEnv, table_store: str, stop: str
+) -> None:
+    worker_env.env["XREC_TABLE_STORE"] = table_store
+    worker = start(worker_env)
+    history = [click(f"U{u}", f"T0-{i}", i) for u in range(20) for i in range(4)]  # 20 users: both partitions
+    worker_env.produce_json(worker_env.topics["events"], "user_id", history)
+    latest_list(worker_env, "U19", history[-1]["event_id"])
+    time.sleep(2)  # a commit interval: the last batch is committed
+    if stop == "sigterm":
+        assert worker.stop() == 0, worker.log_tail()
+    else:
+        worker.stop(signal.SIGKILL)
+
+    again = worker_env.start_worker("--no-encoder", "--dim", str(DIM))
     nxt = click("U5", "T1-0", 0)
     worker_env.produce_json(worker_env.topics["events"], "user_id", [nxt])
     lst = latest_list(worker_env, "U5", nxt["event_id"])
     ids = [i["item_id"] for i in lst["items"]]
     assert any(i.startswith("T0-") for i in ids), ids  # the history from before the restart is there
     assert any(i.startswith("T1-") for i in ids), ids
-    assert not {h["item_id"] for h in history} & set(ids)  # and so is what the user had already seen
+    assert not {h["item_id"] for h in history if h["user_id"] == "U5"} & set(ids)  # and what U5 had seen
+
+    log = again.log_path.read_text(errors="replace")
+    [reads, *_] = recovery_reads(log)
+    assert sum(high for _, high in reads.values()) >= 20, reads  # the changelog holds the 20 profiles
+    if table_store == "rocksdb" and stop == "sigterm":  # started at the highwater: nothing read again
+        assert all(start == high for start, high in reads.values()), reads
+        assert "local tables kept" in log
+    else:  # the whole changelog read
+        assert all(start <= 0 < high for start, high in reads.values()), reads
+    if table_store == "rocksdb" and stop == "kill-9":
+        assert "did not stop cleanly" in log
 
 
 def test_two_workers_on_one_qdrant_server_index_each_item_once_and_both_serve_lists(
     worker_env: WorkerEnv, qdrant_server: LocalQdrantServer
 ) -> None:
     use_qdrant_server(worker_env, qdrant_server)
-    workers = [worker_env.start_worker("--no-encoder", "--dim", str(DIM)) for _ in range(2)]
+    # Both become ready, although the items topic's one partition goes to one of them only.
+    workers = [
+        worker_env.start_worker("--no-encoder", "--dim", str(DIM), store_path=worker_env.tmp / f"store-{w}")
+        for w in range(2)
+    ]
     items = topic_items()
     worker_env.produce_json(worker_env.topics["items"], "item_id", items)
     deadline = time.monotonic() + 60

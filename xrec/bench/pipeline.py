@@ -447,6 +447,14 @@ class Bench:
         if self.broker is not None:
             self.broker.stop()
 
+    def close(self, *, keep: bool) -> None:
+        """Stop the private broker; remove the temp directory unless asked to keep it."""
+        self.stop_broker()
+        if keep:
+            log.info("kept %s", self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
     # names -----------------------------------------------------------------------------------------
     def worker_settings(self, name: str) -> tuple[Settings, dict[str, str]]:
         """Settings and environment of one worker: its own app id, topics, store and web port."""
@@ -1044,11 +1052,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         naive = bench.naive(work) if args.naive_events else {"status": "not run (--naive-events 0)"}
         text = bench.review_mix(work) if args.with_text else {"status": "not run (pass --with-text)"}
     finally:
-        bench.stop_broker()
-        if args.keep:
-            log.info("kept %s", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bench.close(keep=args.keep)
     sat = xrec["saturation"]["events_per_s"]
     naive_rate = float(naive.get("events_per_s", math.nan))
     out: dict[str, Any] = {

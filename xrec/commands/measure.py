@@ -20,6 +20,7 @@ BENCHMARKS = {
     "encoder": "encoder sentences/s and tokens/s, batched against a naive one-at-a-time baseline",
     "store": "vector store upsert rate and query latency, edge against qdrant (local mode)",
     "pipeline": "events/s at saturation and event-to-list latency across offered loads, through a real broker",
+    "restart": "seconds from a worker's start to its first list, holding many profiles, cold and after a clean stop",
 }
 
 
