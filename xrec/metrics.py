@@ -137,6 +137,12 @@ class XrecMetrics:
         self.encoder_batch_size = self._histogram(
             "xrec_encoder_batch_size", "Texts per encoder forward pass.", (), ENCODER_BATCH_BUCKETS
         )
+        self.texts_encoded = self._counter(
+            "xrec_texts_encoded_total",
+            "Texts this worker's encoder turned into vectors (item and review texts); summed over the workers, "
+            "what the catalog cost to encode.",
+            (),
+        )
         self.encoder_batch_tokens = self._histogram(
             "xrec_encoder_batch_tokens", "Padded tokens per encoder forward pass.", (), ENCODER_TOKEN_BUCKETS
         )
@@ -358,6 +364,7 @@ class XrecMetrics:
 
     # --- encoder ---------------------------------------------------------------------------------
     def encoder_batch(self, size: int, tokens: int) -> None:
+        self.texts_encoded.inc(size)
         self.encoder_batch_size.observe(size)
         self.encoder_batch_tokens.observe(tokens)
 

@@ -22,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from xrec.broker import free_port
+from xrec.store.local_server import LocalQdrantServer
 from xrec.worker_process import WORKER_COMMAND, WorkerProcess
 
 READY_TIMEOUT_S = 180.0
@@ -54,6 +55,16 @@ class WorkerEnv:
         if wait:
             worker.wait_ready(READY_TIMEOUT_S)
         return worker
+
+    def use_qdrant_server(self, server: LocalQdrantServer) -> None:
+        """Workers started from now on keep their items in a collection of their own on ``server``."""
+        self.env.update(
+            XREC_STORE_BACKEND="qdrant",
+            XREC_QDRANT_URL=server.url,
+            XREC_QDRANT_GRPC_PORT=str(server.grpc_port),
+            XREC_QDRANT_API_KEY=server.api_key,
+            XREC_COLLECTION=f"items-{uuid.uuid4().hex[:8]}",
+        )
 
     # --- Kafka helpers ------------------------------------------------------------------------
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

@@ -21,6 +21,7 @@ from tests.integration.conftest import WorkerEnv, WorkerProcess, lists_for
 from xrec.config import Settings
 from xrec.demo.catalog import build_catalog
 from xrec.modelhub import DEFAULT_MODEL_ID, default_model_dir
+from xrec.store.local_server import LocalQdrantServer
 
 SAMPLE = Path(__file__).resolve().parents[2] / "xrec" / "data" / "multilingual_sample.tsv"
 
@@ -190,3 +191,20 @@ def test_a_restarted_worker_ranks_in_the_neutral_space_it_had_without_indexing_a
     assert again.metrics().sum("xrec_items_total") == 0, "the restarted worker read items again"
     assert all(i.split("-")[1] == "0" for i in items), items
     assert sum(i.startswith("en-") for i in items) >= 2, items  # as encoded, the list stays in Mandarin
+
+
+def test_two_workers_on_one_qdrant_server_encode_each_item_text_once_in_all(
+    worker_env: WorkerEnv, model_ready: None, qdrant_server: LocalQdrantServer
+) -> None:
+    """They share the item consumer group of their server's collection: a text is encoded by one of them."""
+    worker_env.use_qdrant_server(qdrant_server)
+    catalog = [i.record() for i in build_catalog() if i.lang in ("en", "zh")]
+    workers = [worker_env.start_worker(store_path=worker_env.tmp / f"store-{w}") for w in range(2)]
+    index(worker_env, workers[0], catalog)  # the count comes from the shared collection
+    time.sleep(2)  # a second encoding of any text would show by now
+    encoded = [w.metrics().sum("xrec_texts_encoded_total") for w in workers]
+    print(f"texts encoded per worker: {encoded} for {len(catalog)} items")
+    assert sum(encoded) == len(catalog)
+    clicked = [r["item_id"] for r in catalog if r["category"] == "astronomy" and r["lang"] == "zh"][:3]
+    items = read_list(worker_env, "reader-zh", clicked)
+    assert items, "no list from the workers sharing the server"

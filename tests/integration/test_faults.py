@@ -562,13 +562,8 @@ def test_a_qdrant_server_restart_while_the_worker_runs_is_said_plainly_and_loses
     env = worker_env
     server = start_qdrant_server(env.tmp / "qdrant")  # its own: this test stops it
     try:
-        env.env.update(
-            XREC_STORE_BACKEND="qdrant",
-            XREC_QDRANT_URL=server.url,
-            XREC_QDRANT_GRPC_PORT=str(server.grpc_port),
-            XREC_QDRANT_PREFER_GRPC=str(protocol == "grpc").lower(),
-            XREC_QDRANT_API_KEY=server.api_key,
-        )
+        env.use_qdrant_server(server)
+        env.env["XREC_QDRANT_PREFER_GRPC"] = str(protocol == "grpc").lower()
         items = make_items()
         worker = env.start_worker(*WORKER_ARGS)
         index_items(env, worker, items)

@@ -11,7 +11,6 @@ import itertools
 import re
 import signal
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -89,21 +88,10 @@ def latest_list(worker_env: WorkerEnv, user: str, trigger: str, timeout_s: float
     return found[-1]
 
 
-def use_qdrant_server(worker_env: WorkerEnv, server: LocalQdrantServer) -> None:
-    """Workers started from now on keep their items in a collection of their own on ``server``."""
-    worker_env.env.update(
-        XREC_STORE_BACKEND="qdrant",
-        XREC_QDRANT_URL=server.url,
-        XREC_QDRANT_GRPC_PORT=str(server.grpc_port),
-        XREC_QDRANT_API_KEY=server.api_key,
-        XREC_COLLECTION=f"items-{uuid.uuid4().hex[:8]}",
-    )
-
-
 @pytest.fixture(params=["edge", "qdrant-server"])
 def any_store(request: pytest.FixtureRequest, worker_env: WorkerEnv) -> str:
     if request.param == "qdrant-server":
-        use_qdrant_server(worker_env, request.getfixturevalue("qdrant_server"))
+        worker_env.use_qdrant_server(request.getfixturevalue("qdrant_server"))
     return str(request.param)
 
 
@@ -277,7 +265,7 @@ def test_profiles_are_restored_after_a_restart_and_rocksdb_reads_only_the_change
 def test_two_workers_on_one_qdrant_server_index_each_item_once_and_both_serve_lists(
     worker_env: WorkerEnv, qdrant_server: LocalQdrantServer
 ) -> None:
-    use_qdrant_server(worker_env, qdrant_server)
+    worker_env.use_qdrant_server(qdrant_server)
     # Both become ready, although the items topic's one partition goes to one of them only.
     workers = [
         worker_env.start_worker("--no-encoder", "--dim", str(DIM), store_path=worker_env.tmp / f"store-{w}")

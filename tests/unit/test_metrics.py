@@ -180,6 +180,7 @@ def test_encoder_batches_and_errors_are_counted():
     m.encoder_batch(32, 2048)
     m.encoder_error()
     assert value(m, "xrec_encoder_batch_size_sum") == 32
+    assert value(m, "xrec_texts_encoded_total") == 32
     assert value(m, "xrec_encoder_batch_tokens_bucket", le="2048.0") == 1
     assert value(m, "xrec_encoder_errors_total") == 1
 
