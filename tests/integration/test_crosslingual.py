@@ -200,7 +200,12 @@ def test_two_workers_on_one_qdrant_server_encode_each_item_text_once_in_all(
     worker_env.use_qdrant_server(qdrant_server)
     catalog = [i.record() for i in build_catalog() if i.lang in ("en", "zh")]
     workers = [worker_env.start_worker(store_path=worker_env.tmp / f"store-{w}") for w in range(2)]
-    index(worker_env, workers[0], catalog)  # the count comes from the shared collection
+    worker_env.produce_json(worker_env.topics["items"], "item_id", catalog)
+    deadline = time.monotonic() + 180
+    # Whichever of them holds the items partition counts the shared collection after each batch.
+    while time.monotonic() < deadline and max(w.metrics().sum("xrec_items_indexed") for w in workers) < len(catalog):
+        time.sleep(0.5)
+    assert max(w.metrics().sum("xrec_items_indexed") for w in workers) == len(catalog), workers[0].log_tail()
     time.sleep(2)  # a second encoding of any text would show by now
     encoded = [w.metrics().sum("xrec_texts_encoded_total") for w in workers]
     print(f"texts encoded per worker: {encoded} for {len(catalog)} items")

@@ -642,17 +642,21 @@ def assigned_partitions(worker: WorkerProcess, topic: str) -> set[int]:
     }
 
 
+@pytest.mark.parametrize("store", ["edge", "qdrant-server"])
 def test_a_killed_workers_partitions_move_to_the_survivor_which_restores_profiles_and_continues(
-    worker_env: WorkerEnv,
+    worker_env: WorkerEnv, store: str, request: pytest.FixtureRequest
 ) -> None:
     env = worker_env
     env.env["XREC_SESSION_TIMEOUT_S"] = SESSION_TIMEOUT_S
+    if store == "qdrant-server":  # one shared collection: b is ready once the items a indexed are committed
+        env.use_qdrant_server(request.getfixturevalue("qdrant_server"))
     bootstrap = env.bootstrap
     items = make_items()
     a = env.start_worker(*WORKER_ARGS, store_path=env.tmp / "store-a")
     index_items(env, a, items)
     b = env.start_worker(*WORKER_ARGS, store_path=env.tmp / "store-b")
-    wait_for("items indexed by b", lambda: metric_sum(b, "xrec_items_indexed") >= N_ITEMS, timeout_s=60, worker=b)
+    if store == "edge":  # its own store, its own item group: it indexes every item itself
+        wait_for("items indexed by b", lambda: metric_sum(b, "xrec_items_indexed") >= N_ITEMS, timeout_s=60, worker=b)
     events_topic = env.topics["events"]
     wait_for(
         "one partition each",
@@ -689,13 +693,13 @@ def test_a_killed_workers_partitions_move_to_the_survivor_which_restores_profile
     msgs, answered = lists_answering_the_last_events(env, second_half)
     moved_users = {m.key.decode() for m in msgs if m.partition in owned_by_b}
     print(
-        f"\n[lost worker] {result.figures()}, b processed {b_processed:.0f} before the kill, partitions {owned_by_b} "
+        f"\n[lost worker, {store}] {result.figures()}, b processed {b_processed:.0f} before the kill, partitions {owned_by_b} "
         f"moved to a in {moved_after:.1f}s (session timeout {SESSION_TIMEOUT_S}s), users on them {len(moved_users)}, "
         f"users with a list for their last event {len(answered)}/{N_USERS}"
     )
     assert moved_users, "no user lived on the killed worker's partition"
     assert len(answered) == N_USERS
-    assert_no_loss(result, "lost worker", env)
+    assert_no_loss(result, f"lost worker, {store}", env)
     # a has restored b's users from the changelog: each of their profiles continued from the first half
     assert all(stored[u].events == expected[u].events for u in moved_users)
 
