@@ -105,15 +105,10 @@ class KeyPartitionedRocksDB(rocksdb.Store):
 
 
 def describe_table_store(settings: Settings) -> str:
-    """One line for the start-up log; refuses ``rocksdb`` plainly where it cannot be used."""
+    """One line for the start-up log; refuses ``rocksdb`` plainly when its driver is missing (the settings
+    already refused it with ``exactly_once``)."""
     if settings.table_store == "memory":
         return "in memory, restored from its changelog at every start (XREC_TABLE_STORE=rocksdb keeps it on disk)"
-    if settings.processing_guarantee == "exactly_once":
-        raise SettingsError(
-            "XREC_TABLE_STORE=rocksdb is not offered with XREC_PROCESSING_GUARANTEE=exactly_once: a transaction "
-            "aborted after its profile writes reached the local database would leave them there without their "
-            "changelog records"
-        )
     try:
         import rocksdict  # noqa: F401  # Faust's RocksDB driver
     except ImportError as exc:
@@ -139,7 +134,10 @@ class LocalTables:
         if clean:
             return f"local tables kept ({len(databases)} entries; the last run stopped cleanly)"
         for path in databases:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         log.warning(
             "local tables in %s were left by a worker that did not stop cleanly (kill -9, out of memory, a "
             "crash): removed, profiles are restored from the changelog",

@@ -281,6 +281,12 @@ class Settings:
                 raise SettingsError(f"{env_name(name)}={getattr(self, name)} is not a TCP port (0–65535)")
         if not re.fullmatch(r"[34]\.\d+\.\d+", self.kafka_version):
             raise SettingsError(f"XREC_KAFKA_VERSION={self.kafka_version!r}: expected a 3.x.y or 4.x.y Kafka release")
+        if self.table_store == "rocksdb" and self.processing_guarantee == "exactly_once":
+            raise SettingsError(
+                "XREC_TABLE_STORE=rocksdb is not offered with XREC_PROCESSING_GUARANTEE=exactly_once: a transaction "
+                "aborted after its profile writes reached the local database would leave them there without their "
+                "changelog records"
+            )
         if self.consumer_max_failures < 1:
             raise SettingsError("XREC_CONSUMER_MAX_FAILURES must be at least 1")
         if self.token_budget < 0:

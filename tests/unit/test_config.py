@@ -324,3 +324,10 @@ def test_the_readme_lists_every_variable() -> None:
     missing = [n for n in all_env_names() if n not in text]
     assert missing == [], f"README.md lacks {missing}; paste `xrec config --markdown` into it"
     assert settings_table_markdown() in text, "README.md's table is stale; paste `xrec config --markdown` into it"
+
+
+def test_rocksdb_tables_are_refused_with_exactly_once_and_said_why() -> None:
+    env = {"XREC_TABLE_STORE": "rocksdb", "XREC_PROCESSING_GUARANTEE": "exactly_once"}
+    with pytest.raises(SettingsError, match=r"XREC_TABLE_STORE=rocksdb is not offered with .*exactly_once"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "XREC_PROCESSING_GUARANTEE": "at_least_once"}).table_store == "rocksdb"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from streams.tables import CLEAN_STOP_MARKER, LocalTables, describe_table_store
-from xrec.config import Settings, SettingsError
+from xrec.config import Settings
 
 
 def tables_with_one_partition(table_dir: Path) -> LocalTables:
@@ -39,12 +37,6 @@ def test_starting_forgets_the_clean_stop_so_a_crash_of_this_run_is_noticed(tmp_p
 
 def test_a_first_start_has_nothing_to_keep_or_remove(tmp_path: Path) -> None:
     assert "no local tables yet" in LocalTables(tmp_path / "never-created").open()
-
-
-def test_rocksdb_tables_are_refused_with_exactly_once_and_said_why() -> None:
-    settings = Settings.from_env({}, table_store="rocksdb", processing_guarantee="exactly_once")
-    with pytest.raises(SettingsError, match="exactly_once"):
-        describe_table_store(settings)
 
 
 def test_the_memory_store_says_how_to_keep_profiles_on_disk() -> None:
