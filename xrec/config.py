@@ -168,8 +168,8 @@ class Settings:
     )
     qdrant_bin: str = _setting(
         "",
-        "Qdrant server binary that the test suite and `xrec bench` start for the qdrant backend; "
-        "default: ../shared/bin/qdrant beside the xrec checkout.",
+        "Qdrant server binary that the test suite starts (xrec.store.local_server) for the qdrant backend's "
+        "tests; default: ../shared/bin/qdrant beside the xrec checkout.",
     )
     collection: str = _setting("xrec_items", "Name of the item collection.")
     store_index_threshold: int = _setting(

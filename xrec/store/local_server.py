@@ -1,4 +1,4 @@
-"""A Qdrant server process on loopback, for the test suite and the benchmarks of the ``qdrant`` backend.
+"""A Qdrant server process on loopback, for the test suite of the ``qdrant`` backend.
 
 Users run Qdrant their own way (the ``qdrant/qdrant`` Docker image, a package, Qdrant Cloud) and point
 ``XREC_QDRANT_URL`` at it; this runs the same server binary (``XREC_QDRANT_BIN``) with all of its
