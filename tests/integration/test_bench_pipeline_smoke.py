@@ -32,6 +32,7 @@ def run_bench(kafka_bootstrap: str, *args: str) -> dict[str, Any]:
         timeout=600,
         check=False,
     )
+    sys.stderr.write(done.stderr.decode(errors="replace"))  # the bench's log: pytest shows it when a test fails
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
     result: dict[str, Any] = orjson.loads(done.stdout)
     return result
@@ -48,7 +49,8 @@ def test_the_pipeline_bench_reports_throughput_a_latency_curve_cost_and_the_naiv
     result = run_bench(kafka_bootstrap, *args)
 
     sat = result["xrec"]["saturation"]
-    assert sat["covered"] == sat["events"] == 240
+    assert sat["covered"] == sat["events"] == 240, (sat["handled"], sat["unanswered"])
+    assert sat["unanswered"] == []
     assert sat["events_per_s"] > 0 and sat["cpu_s_per_1k_events"] > 0
     assert 0 < sat["lists"] <= 240
     assert sat["dlq"] == 0

@@ -262,6 +262,70 @@ def test_profiles_are_restored_after_a_restart_and_rocksdb_reads_only_the_change
         assert "did not stop cleanly" in log
 
 
+def owned_event_partitions(worker: Any, events_topic: str) -> set[str]:
+    """The events partitions a worker owns now: it reports ``xrec_consumer_lag`` for those only."""
+    return {
+        labels["partition"]
+        for name, labels, _ in worker.metrics().samples
+        if name == "xrec_consumer_lag" and labels.get("topic") == events_topic
+    }
+
+
+def test_each_of_two_workers_ranks_popularity_from_its_own_partitions_only(worker_env: WorkerEnv) -> None:
+    """Pins what the README says (Scaling, several workers): trending counts, and with them a brand-new
+    user's popular list, come from the events of the worker's own partitions. Readers on one worker all
+    click one item, readers on the other another; each worker's newcomers get a popular list led by its
+    own readers' item that does not contain the other worker's. Shared trending would fail this."""
+    workers = [
+        worker_env.start_worker("--no-encoder", "--dim", str(DIM), store_path=worker_env.tmp / f"store-{w}")
+        for w in range(2)
+    ]
+    items = topic_items()
+    worker_env.produce_json(worker_env.topics["items"], "item_id", items)
+    for worker in workers:
+        wait_indexed(worker, len(items))
+    events_topic = worker_env.topics["events"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        owned = [owned_event_partitions(w, events_topic) for w in workers]
+        if all(len(o) == 1 for o in owned) and owned[0] != owned[1]:
+            break
+        time.sleep(0.5)
+    assert all(len(o) == 1 for o in owned) and owned[0] != owned[1], f"partitions per worker: {owned}"
+
+    def owner(user: str) -> int:
+        [index] = [i for i, w in enumerate(workers) if w.get(f"/recommendations/{user}")[0] == 200]
+        return index
+
+    readers = [f"R{u}" for u in range(12)]
+    first = [click(u, "T0-0", 0) for u in readers]
+    worker_env.produce_json(events_topic, "user_id", first)
+    for c in first:
+        latest_list(worker_env, c["user_id"], c["event_id"])
+    owners = {u: owner(u) for u in readers}
+    assert set(owners.values()) == {0, 1}, owners
+    hot = {0: "T1-1", 1: "T2-2"}
+    clicks = [click(u, hot[owners[u]], n) for n in range(1, 4) for u in readers]
+    worker_env.produce_json(events_topic, "user_id", clicks)
+    for c in clicks[-len(readers) :]:
+        latest_list(worker_env, c["user_id"], c["event_id"])
+
+    # A newcomer whose only event is a dislike has no interest: their list is the worker's popular items.
+    newcomers = [f"N{u}" for u in range(12)]
+    dislikes = [click(u, "T3-3", 0, "dislike") for u in newcomers]
+    worker_env.produce_json(events_topic, "user_id", dislikes)
+    served = set()
+    for d in dislikes:
+        lst = latest_list(worker_env, d["user_id"], d["event_id"])
+        assert lst["strategy"] == "popular", lst
+        w = owner(d["user_id"])
+        ids = [i["item_id"] for i in lst["items"]]
+        assert ids[0] == hot[w], (w, ids)
+        assert hot[1 - w] not in ids, f"worker {w} knows the other worker's readers' item: {ids}"
+        served.add(w)
+    assert served == {0, 1}
+
+
 def test_two_workers_on_one_qdrant_server_index_each_item_once_and_both_serve_lists(
     worker_env: WorkerEnv, qdrant_server: LocalQdrantServer
 ) -> None:

@@ -342,6 +342,28 @@ def coverage(events: list[dict[str, Any]], records: list[OutRecord]) -> Coverage
     return Coverage(sum(done.values()), min(times), max(times), lists, answered)
 
 
+def unanswered(
+    events: list[dict[str, Any]], cov: Coverage, records: list[OutRecord], limit: int = 20
+) -> list[dict[str, Any]]:
+    """The first ``limit`` events no list answered, each with where it sat in its user's sequence and
+    the triggers of that user's lists: what a run that missed events must show to be diagnosed."""
+    triggers: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.value is not None and rec.key is not None:
+            trigger = orjson.loads(rec.value).get("trigger_event_id")
+            triggers.setdefault(rec.key.decode(errors="replace"), []).append(str(trigger))
+    per_user: dict[str, int] = {}
+    out: list[dict[str, Any]] = []
+    for e in events:
+        index = per_user[e["user_id"]] = per_user.get(e["user_id"], -1) + 1
+        if e["event_id"] not in cov.answered_at and len(out) < limit:
+            out.append({"event_id": e["event_id"], "user_id": e["user_id"], "index_in_user": index, "type": e["type"]})
+    for row in out:
+        row["user_events"] = per_user[row["user_id"]] + 1
+        row["list_triggers"] = triggers.get(row["user_id"], [])[-5:]
+    return out
+
+
 def parse_levels(spec: str) -> list[int]:
     try:
         levels = [int(part) for part in spec.split(",") if part.strip()]
@@ -584,7 +606,20 @@ class Bench:
                 last = done
                 deadline = max(deadline, time.monotonic() + STALL_TIMEOUT_S)
             if time.monotonic() > deadline:
-                log.warning("%s handled %d of %d events and stopped making progress", child.name, done, target)
+                lag = {
+                    f"{labels.get('topic')}[{labels.get('partition')}]": value
+                    for name, labels, value in metrics.samples
+                    if name == "xrec_consumer_lag" and value
+                }
+                log.warning(
+                    "%s handled %d of %d events and stopped making progress (consumer lag: %s); last lines of %s:\n%s",
+                    child.name,
+                    done,
+                    target,
+                    lag or "0 on every partition",
+                    child.log_path,
+                    child.log_tail(40),
+                )
                 return metrics
             time.sleep(METRICS_POLL_S)
 
@@ -676,6 +711,17 @@ class Bench:
             sat = coverage(work.events, out)
             if not sat.covered:
                 raise worker.failure("published no list")
+            missed = unanswered(work.events, sat, out)
+            if missed:
+                log.warning(
+                    "%d of %d events got no list (handled by outcome: %s); first: %s; last lines of %s:\n%s",
+                    len(work.events) - sat.covered,
+                    len(work.events),
+                    metrics.by_label("xrec_events_total", "outcome"),
+                    missed[:3],
+                    worker.log_path,
+                    worker.log_tail(40),
+                )
             result: dict[str, Any] = {
                 "events": len(work.events),
                 "covered": sat.covered,
@@ -684,6 +730,8 @@ class Bench:
                 "lists_per_s": sat.lists_per_s,
                 "seconds": sat.last_list_s - sat.first_list_s,
                 "dlq": metrics.sum("xrec_events_total", outcome="dlq"),
+                "handled": metrics.by_label("xrec_events_total", "outcome"),
+                "unanswered": missed,
                 "preload_s": preload_s,
                 "first_list_after_start_s": sat.first_list_s - started_at,
                 **cost(worker, sat),
