@@ -37,17 +37,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
 
 
-def start_qdrant_server(data_dir: Path) -> LocalQdrantServer:
-    """A real Qdrant server (``XREC_QDRANT_BIN``, default ``../shared/bin/qdrant``) on free loopback
-    ports with ``QDRANT_TEST_API_KEY``. Without the binary the test skips, except under ``CI``, where
-    that is a failure."""
+def qdrant_binary_or_skip() -> Path:
+    """The Qdrant server binary (``XREC_QDRANT_BIN``, default ``../shared/bin/qdrant``). Without it the
+    test skips, except under ``CI``, where that is a failure."""
     binary = Settings.from_env().qdrant_binary()
     if not os.access(binary, os.X_OK):
         message = f"no Qdrant server binary at {binary} (set XREC_QDRANT_BIN; see ../shared/bin/README.md)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return LocalQdrantServer(binary, data_dir, api_key=QDRANT_TEST_API_KEY).start()
+    return binary
+
+
+def start_qdrant_server(data_dir: Path) -> LocalQdrantServer:
+    """A real Qdrant server on free loopback ports with ``QDRANT_TEST_API_KEY``."""
+    return LocalQdrantServer(qdrant_binary_or_skip(), data_dir, api_key=QDRANT_TEST_API_KEY).start()
 
 
 @pytest.fixture(scope="session")

@@ -114,7 +114,7 @@ class EventBatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     waiting: int = 0  # events held for an item that has not arrived yet
     lists: list[RecommendationList] = field(default_factory=list)
-    #: The profiles the batch changed and the latest event of each (what ``recommend`` takes).
+    #: The users to answer with a list (changed by the batch, or sent an event again) and the latest event of each.
     changed: dict[str, UserProfile] = field(default_factory=dict, repr=False)
     triggers: dict[str, Interaction] = field(default_factory=dict, repr=False)
 
@@ -317,6 +317,9 @@ class Recommender:
 
         profiles_now: dict[str, UserProfile] = {}
         triggers: dict[str, Interaction] = {}  # the latest processed event of each changed user
+        # A redelivered event is answered again (its profile is left as it is): the worker that applied it
+        # may have died after writing the profile change and before sending the list.
+        redelivered: dict[str, Interaction] = {}
         with self._stage("profile"):
             metas = [known[event.item_id] for event in ready]
             neutral = space.neutral(np.asarray([m.vector for m in metas]), [m.lang for m in metas]) if ready else ()
@@ -326,14 +329,16 @@ class Recommender:
                     profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode(), space)
                 if not profile.remember_event(event.event_id, self.dedup_window):
                     result.duplicates.append(event)
+                    redelivered[event.user_id] = event
                     continue
                 self._apply(profile, event, meta, item_vec, texts.get(event.event_id))
                 triggers[event.user_id] = event
                 result.processed.append(event)
             for user_id in triggers:
                 profiles[user_id.encode()] = profiles_now[user_id].to_bytes()
-        result.changed = {u: profiles_now[u] for u in triggers}
-        result.triggers = triggers
+        answers = {**{u: e for u, e in redelivered.items() if u not in triggers}, **triggers}
+        result.changed = {u: profiles_now[u] for u in answers}
+        result.triggers = answers
         return result
 
     def forget(self, user_id: str, profiles: ProfileTable) -> bool:

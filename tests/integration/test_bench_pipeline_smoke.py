@@ -17,14 +17,15 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.conftest import qdrant_binary_or_skip
 from xrec.config import Settings
 from xrec.modelhub import default_model_dir, is_complete
 
 pytestmark = pytest.mark.slow
 
 
-def run_bench(kafka_bootstrap: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "XREC_KAFKA_BOOTSTRAP": kafka_bootstrap}
+def run_bench(kafka_bootstrap: str, *args: str, **extra_env: str) -> dict[str, Any]:
+    env = {**os.environ, "XREC_KAFKA_BOOTSTRAP": kafka_bootstrap, **extra_env}
     done = subprocess.run(
         [sys.executable, "-m", "xrec.cli", "bench", "pipeline", "--json", *args],
         env=env,
@@ -82,3 +83,37 @@ def test_the_pipeline_bench_reports_throughput_a_latency_curve_cost_and_the_naiv
         assert text["encode_s"] > 0
     else:
         assert text["status"] == "not run (pass --with-text)"
+
+
+def test_the_pipeline_bench_measures_one_and_two_workers_on_a_qdrant_server_and_the_loss_of_one(
+    kafka_bootstrap: str,
+) -> None:
+    """``--workers 1,2 --store qdrant --kill-one``: each count drains the same backlog on the real server,
+    both of two workers serve, and a paced level survives a SIGKILL of one of them."""
+    qdrant_binary_or_skip()
+    args = ["--items", "300", "--users", "40", "--events", "240", "--generated", "--latency-seconds", "2"]
+    args += ["--load-levels", "50", "--workers", "1,2", "--store", "qdrant", "--kill-one"]
+    # Kafka notices the killed member after the session timeout: 6 s (the broker's minimum) keeps this short.
+    result = run_bench(kafka_bootstrap, *args, XREC_SESSION_TIMEOUT_S="6")
+
+    scale = result["scale"]
+    assert scale["store"] == "qdrant"
+    one, two = scale["runs"]
+    assert (one["workers"], two["workers"]) == (1, 2)
+    for run in (one, two):
+        sat = run["saturation"]
+        assert sat["covered"] == sat["events"] == 240, sat
+        assert all(w["lists"] > 0 for w in sat["per_worker"]), sat["per_worker"]  # every worker served
+        assert sum(w["lists"] for w in sat["per_worker"]) == sat["lists"]
+        assert sat["qdrant_cpu_util"] > 0
+        [level] = run["load_curve"]
+        assert level["answered"] == level["events"] > 0
+        assert 0 <= level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
+    assert len(two["saturation"]["per_worker"]) == 2
+    assert math.isfinite(two["lists_per_s_ratio_to_first"])
+    assert "kill_one" not in one
+    kill = two["kill_one"]
+    assert kill["rebalance_s"] > 0
+    # Every event offered during the kill was answered by a list, from the survivor if need be (a
+    # redelivered event the killed worker had applied is answered again).
+    assert kill["answered"] == kill["events"] > 0, kill

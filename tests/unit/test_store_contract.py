@@ -212,6 +212,22 @@ async def test_batched_queries_return_results_per_query_in_order(store: VectorSt
     assert [ids(r) for r in results] == [["z"], ["x"], [], ["x"], ["y"]]
 
 
+async def test_many_queries_and_ids_at_once_get_every_answer_in_order(
+    store: VectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker behind a backlog sends thousands of queries in one batch; the server store splits them
+    into requests (here of 3 queries and of 2 ids) and every answer must come back, in order."""
+    import xrec.store.qdrant as qdrant_store
+
+    monkeypatch.setattr(qdrant_store, "QUERY_CHUNK", 3)
+    monkeypatch.setattr(qdrant_store, "FETCH_CHUNK", 2)
+    await store.upsert([item(f"i{k}", axis(k)) for k in range(DIM)])
+    results = await store.query_batch([VectorQuery(axis(k % DIM), limit=1) for k in range(20)])
+    assert [ids(r) for r in results] == [[f"i{k % DIM}"] for k in range(20)]
+    got = await store.fetch([f"i{k}" for k in reversed(range(DIM))])
+    assert sorted(got) == [f"i{k}" for k in range(DIM)]
+
+
 async def test_a_query_naming_payload_fields_gets_only_those_and_the_item_id(store: VectorStore) -> None:
     payload = {"lang": "fr", "category": "film", "available": True, "ts": 7, "title": "un long titre"}
     await store.upsert([ItemPoint("a", axis(0), payload)])

@@ -113,6 +113,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="record the level of the latency curve at this percentage instead of saturation",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, stores) for inspection")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="several workers in one consumer group, e.g. 2 or 1,2 (each count on fresh topics; see xrec/bench/scale.py)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("edge", "qdrant"),
+        default="edge",
+        help="with --workers: qdrant starts the Qdrant server binary (XREC_QDRANT_BIN) and every worker shares it",
+    )
+    parser.add_argument(
+        "--kill-one", action="store_true", help="with --workers N>1: SIGKILL one worker during a 50%% level"
+    )
 
 
 # --- process measurement -------------------------------------------------------------------------------
@@ -364,6 +378,16 @@ def unanswered(
     return out
 
 
+def worker_counts(spec: str) -> list[int]:
+    try:
+        counts = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"--workers {spec!r}: expected counts such as 1,2") from None
+    if not counts or any(n < 1 for n in counts):
+        raise CommandError(f"--workers {spec!r}: each count must be at least 1")
+    return counts
+
+
 def parse_levels(spec: str) -> list[int]:
     try:
         levels = [int(part) for part in spec.split(",") if part.strip()]
@@ -498,7 +522,6 @@ class Bench:
     # catalog ---------------------------------------------------------------------------------------
     def build_store(self, catalog: Catalog, names: list[str]) -> dict[str, float]:
         """Load the catalog into one edge store, optimize it if large, then copy it for each of ``names``."""
-        from xrec.store.base import ItemPoint
         from xrec.store.edge import EdgeStore
 
         first, _ = self.worker_settings(names[0])
@@ -511,25 +534,7 @@ class Bench:
             await store.ensure_collection(catalog.dim)
             step = 10_000
             for start in range(0, len(catalog), step):
-                stop = min(len(catalog), start + step)
-                vecs = catalog.vectors(start, stop)
-                points = [
-                    ItemPoint(
-                        catalog.ids[i],
-                        vecs[i - start],
-                        {
-                            "item_id": catalog.ids[i],
-                            "title": f"product {catalog.ids[i]}",
-                            "lang": catalog.langs[i],
-                            "category": f"c{int(catalog.clusters[i])}",
-                            "tags": [],
-                            "available": True,
-                            "ts": ts,
-                        },
-                    )
-                    for i in range(start, stop)
-                ]
-                await store.upsert(points)
+                await store.upsert(catalog_points(catalog, start, min(len(catalog), start + step), ts))
             loaded = time.perf_counter() - t0
             t1 = time.perf_counter()
             if len(catalog) >= self.settings.store_index_threshold:
@@ -697,7 +702,7 @@ class Bench:
         if self.args.held_profiles:
             held = self.seed_profiles(settings, work.catalog, self.args.held_profiles)
         t0 = time.perf_counter()
-        run_async(produce(kw, settings.topic_events, _encoded(work.events)))
+        run_async(produce(kw, settings.topic_events, encoded_events(work.events)))
         preload_s = time.perf_counter() - t0
         log.info("preloaded %d events in %.1fs; starting the worker", len(work.events), preload_s)
         started_at = time.time()
@@ -889,7 +894,7 @@ class Bench:
                 ],
             )
         )
-        run_async(produce(self.kafka_kwargs, settings.topic_events, _encoded(events)))
+        run_async(produce(self.kafka_kwargs, settings.topic_events, encoded_events(events)))
         argv = [
             sys.executable, "-m", "xrec.bench.naive",
             "--bootstrap", self.bootstrap,
@@ -941,7 +946,7 @@ class Bench:
                 rating = 1 + int(stable_fraction(e["event_id"], "rating") * 5)
                 e = {**e, "type": "review", "rating": rating, "text": texts[hash_index(e["event_id"], len(texts))]}
             events.append(e)
-        run_async(produce(self.kafka_kwargs, settings.topic_events, _encoded(events)))
+        run_async(produce(self.kafka_kwargs, settings.topic_events, encoded_events(events)))
         worker = self.start_worker("text", env, with_encoder=True)
         try:
             metrics = self.wait_for_events(worker, n, startup=True)
@@ -1009,7 +1014,7 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
     return {"busy_samples": busy, "self": ranked(own), "inclusive_xrec": ranked(xrec_frames)}
 
 
-def _encoded(events: list[dict[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
+def encoded_events(events: list[dict[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
     for e in events:
         yield e["user_id"].encode(), orjson.dumps(e)
 
@@ -1026,6 +1031,29 @@ def review_texts(seed: int, mind_dir: Path) -> list[str]:
         rng = random.Random(seed)
         out = [" ".join(rng.choice(sentences) for _ in range(rng.choice((1, 2, 3)))) for _ in range(500)]
     return out
+
+
+def catalog_points(catalog: Catalog, start: int, stop: int, ts: int) -> list[Any]:
+    """Items ``start``..``stop`` of the catalog as store points, with the payload an indexer writes."""
+    from xrec.store.base import ItemPoint
+
+    vecs = catalog.vectors(start, stop)
+    return [
+        ItemPoint(
+            catalog.ids[i],
+            vecs[i - start],
+            {
+                "item_id": catalog.ids[i],
+                "title": f"product {catalog.ids[i]}",
+                "lang": catalog.langs[i],
+                "category": f"c{int(catalog.clusters[i])}",
+                "tags": [],
+                "available": True,
+                "ts": ts,
+            },
+        )
+        for i in range(start, stop)
+    ]
 
 
 def synthetic_profiles(catalog: Catalog, count: int, seed: int) -> Iterator[tuple[str, bytes]]:
@@ -1073,10 +1101,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise CommandError(f"--{name} must be at least 1")
     settings = Settings.from_env()
     if settings.store_backend != "edge":
-        raise CommandError("xrec bench pipeline measures the edge store (XREC_STORE_BACKEND=edge)")
+        raise CommandError(
+            "xrec bench pipeline sets each worker's store itself (--store edge|qdrant): unset XREC_STORE_BACKEND"
+        )
+    if args.kill_one and max(worker_counts(args.workers)) < 2:
+        raise CommandError("--kill-one needs --workers with a count of at least 2")
     if args.held_profiles < 0:
         args.held_profiles = args.users // 2  # returning users with a history, and new ones
     parse_levels(args.load_levels)  # a bad spec fails before anything starts
+    worker_counts(args.workers)
     started = time.perf_counter()
     load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="xrec-bench-pipeline-"))
@@ -1094,6 +1127,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "workload: %s, %d items, %d users, %d events", work.source, len(work.catalog), work.users, len(work.events)
         )
         bench.start_broker()
+        if args.workers != "1" or args.store != "edge":
+            from xrec.bench.scale import run_scale
+
+            return {
+                "workload": workload_summary(work),
+                "settings": {"partitions": settings.partitions, "held_profiles": args.held_profiles},
+                "scale": run_scale(args, bench, work),
+                "machine": {"cpus": os.cpu_count(), "load_avg_at_start": load, "load_avg_at_end": os.getloadavg()},
+                "seconds": time.perf_counter() - started,
+            }
         names = ["xrec"] + (["naive"] if args.naive_events else []) + (["text"] if args.with_text else [])
         catalog = bench.build_store(work.catalog, names)
         xrec = bench.saturation_and_latency(work)
@@ -1104,14 +1147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sat = xrec["saturation"]["events_per_s"]
     naive_rate = float(naive.get("events_per_s", math.nan))
     out: dict[str, Any] = {
-        "workload": {
-            "source": work.source,
-            "items": len(work.catalog),
-            "users": work.users,
-            "events": len(work.events),
-            "sessions": work.sessions,
-            "session_repeats": work.session_repeats,
-        },
+        "workload": workload_summary(work),
         "catalog": catalog,
         "settings": {
             "partitions": settings.partitions,
@@ -1134,7 +1170,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def workload_summary(work: Workload) -> dict[str, Any]:
+    return {
+        "source": work.source,
+        "items": len(work.catalog),
+        "users": work.users,
+        "events": len(work.events),
+        "sessions": work.sessions,
+        "session_repeats": work.session_repeats,
+    }
+
+
 def format_table(result: dict[str, Any]) -> str:
+    if "scale" in result:
+        from xrec.bench.scale import format_scale
+
+        w = result["workload"]
+        head = f"workload   {w['source']}: {w['items']} items, {w['users']} users, {w['events']} events"
+        return "\n".join([head, *format_scale(result["scale"])])
     w, x = result["workload"], result["xrec"]
     sat, curve, mem = x["saturation"], x["load_curve"], x["memory"]
     naive, text = result["naive"], result["review_mix"]

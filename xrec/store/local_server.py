@@ -49,6 +49,11 @@ class LocalQdrantServer:
         return self.data_dir / "qdrant.log"
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (to sample its CPU)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

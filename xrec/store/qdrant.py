@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 
 #: Points per upsert request: keeps each gRPC/HTTP message well under the server's size limit.
 UPSERT_BATCH = 256
+#: Queries per search request. One worker batch can hold thousands (a user per event, a query per
+#: interest); sent as one request under a backlog it outlived the client's 5 s deadline on a busy
+#: machine and the whole batch's lists were lost (`xrec bench pipeline --store qdrant`, 883 of 20,000
+#: events). Chunks run a few at a time, so the server still works on several at once.
+QUERY_CHUNK = 256
+QUERY_CHUNKS_AT_ONCE = 4
+#: Ids per retrieve request, for the same reason.
+FETCH_CHUNK = 1024
 #: Pauses between tries while an outage lasts: doubling from the first to the last.
 OUTAGE_FIRST_PAUSE_S = 0.25
 OUTAGE_LAST_PAUSE_S = 5.0
@@ -161,9 +169,16 @@ class QdrantServerStore:
         await self._ready()
         ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
         with_payload = fields_selection(payload_fields)
-        records = await self._call(
-            "fetch", lambda: self.client.retrieve(self.collection, ids, with_payload=with_payload, with_vectors=True)
-        )
+        records: list[qm.Record] = []
+        for start in range(0, len(ids), FETCH_CHUNK):
+            retrieve = partial(
+                self.client.retrieve,
+                self.collection,
+                ids[start : start + FETCH_CHUNK],
+                with_payload=with_payload,
+                with_vectors=True,
+            )
+            records += await self._call("fetch", retrieve)
         out: dict[str, StoredItem] = {}
         for rec in records:
             payload = dict(rec.payload or {})
@@ -179,7 +194,16 @@ class QdrantServerStore:
         await self._ready()
         matrix = vector_matrix([queries[i].vector for i in todo], self._dim, "query")
         requests = [_query_request(queries[i], vec, with_vectors) for i, vec in zip(todo, matrix.tolist(), strict=True)]
-        answers = await self._call("query", lambda: self.client.query_batch_points(self.collection, requests=requests))
+        at_once = asyncio.Semaphore(QUERY_CHUNKS_AT_ONCE)
+
+        async def chunk(part: list[qm.QueryRequest]) -> list[Any]:
+            async with at_once:
+                return await self._call("query", lambda: self.client.query_batch_points(self.collection, requests=part))
+
+        parts = await asyncio.gather(
+            *(chunk(requests[start : start + QUERY_CHUNK]) for start in range(0, len(requests), QUERY_CHUNK))
+        )
+        answers = [answer for part in parts for answer in part]
         for i, answer in zip(todo, answers, strict=True):
             results[i] = [_hit(sp, with_vectors) for sp in answer.points]
         return results
