@@ -127,6 +127,20 @@ class WorkerProcess:
             return ""
         return "\n".join("    " + line for line in text)
 
+    def first_error(self, lines: int = 40) -> str:
+        """The log from its first ERROR or CRITICAL line on (a traceback follows it), else its tail: what
+        explains a run that went wrong is rarely in the last lines."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        starts = [i for i, line in enumerate(text) if "[ERROR]" in line or "[CRITICAL]" in line or " ERROR " in line]
+        # aiokafka logs a coordinator lookup that is retried at once as an ERROR on every start
+        starts = [i for i in starts if "GroupCoordinatorNotAvailableError" not in text[i]]
+        if not starts:
+            return self.log_tail(lines)
+        return "\n".join("    " + line for line in text[starts[0] : starts[0] + lines])
+
     def failure(self, what: str) -> WorkerProcessError:
         return WorkerProcessError(f"{self.name} {what}; last lines of its log {self.log_path}:\n{self.log_tail()}")
 

@@ -58,3 +58,26 @@ def test_metrics_or_empty_when_nothing_listens(tmp_path: Path) -> None:
 
     child = WorkerProcess({}, tmp_path / "child.log", web_port=free_port())
     assert child.metrics_or_empty().samples == ()
+
+
+def test_the_first_error_of_a_log_is_shown_with_what_follows_it_and_coordinator_noise_is_skipped(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    log.write_text(
+        "start\n"
+        "[t] [ERROR] Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError\n"
+        "ready\n"
+        "[t] [ERROR] the lists of 3 users could not be built\n"
+        "Traceback (most recent call last):\n"
+        "StoreError: deadline\n" + "".join(f"later {i}\n" for i in range(50))
+    )
+    worker = WorkerProcess({}, log, 0, ["true"])
+    shown = worker.first_error(3).splitlines()
+    assert [line.strip() for line in shown] == [
+        "[t] [ERROR] the lists of 3 users could not be built",
+        "Traceback (most recent call last):",
+        "StoreError: deadline",
+    ]
+    log.write_text("".join(f"line {i}\n" for i in range(30)))
+    assert worker.first_error(2) == worker.log_tail(2) == "    line 28\n    line 29"

@@ -617,13 +617,13 @@ class Bench:
                     if name == "xrec_consumer_lag" and value
                 }
                 log.warning(
-                    "%s handled %d of %d events and stopped making progress (consumer lag: %s); last lines of %s:\n%s",
+                    "%s handled %d of %d events and stopped making progress (consumer lag: %s); from %s:\n%s",
                     child.name,
                     done,
                     target,
                     lag or "0 on every partition",
                     child.log_path,
-                    child.log_tail(40),
+                    child.first_error(),
                 )
                 return metrics
             time.sleep(METRICS_POLL_S)
@@ -719,13 +719,13 @@ class Bench:
             missed = unanswered(work.events, sat, out)
             if missed:
                 log.warning(
-                    "%d of %d events got no list (handled by outcome: %s); first: %s; last lines of %s:\n%s",
+                    "%d of %d events got no list (handled by outcome: %s); first: %s; from %s:\n%s",
                     len(work.events) - sat.covered,
                     len(work.events),
                     metrics.by_label("xrec_events_total", "outcome"),
                     missed[:3],
                     worker.log_path,
-                    worker.log_tail(40),
+                    worker.first_error(),
                 )
             result: dict[str, Any] = {
                 "events": len(work.events),

@@ -217,10 +217,11 @@ class ScaleRun:
         if missed:
             outcomes = [m.by_label("xrec_events_total", "outcome") for m in group.scrape()]
             log.warning(
-                "%d events got no list (handled by outcome: %s); first: %s",
+                "%d events got no list (handled by outcome: %s); first: %s; from the workers' logs:\n%s",
                 len(events) - cov.covered,
                 outcomes,
                 missed[:3],
+                "\n".join(w.first_error() for w in group.workers),
             )
         log.info(
             "%d worker(s), saturation: %.0f lists/s, %d/%d events answered, lists per worker %s",
