@@ -41,7 +41,7 @@ from xrec.ranking import (
     score_candidates,
 )
 from xrec.space import LOCAL_PART, LanguageSpace, LanguageStats, NeutralSpace
-from xrec.store.base import HitColumns, ItemPoint, VectorQuery, VectorStore
+from xrec.store.base import HitColumns, ItemPoint, StoreError, VectorQuery, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -404,9 +404,20 @@ class Recommender:
     # --- internals ---------------------------------------------------------------------------
     async def _candidate_columns(self, queries: list[VectorQuery]) -> HitColumns:
         """Every query's answers from one store call, as columns; built from the hits and the item cache
-        when the store has no columnar answer (Qdrant's HNSW index, a Qdrant server)."""
+        when the store has no columnar answer (Qdrant's HNSW index, a Qdrant server).
+
+        A failed search is tried once more before the batch's lists are given up: the events are
+        applied already, and their users would otherwise wait for their next event to get a list.
+        (An outage is waited out inside the store; this is for the error that comes once.)"""
         if not queries:
             return HitColumns.from_hits([], self.dim, CANDIDATE_PAYLOAD)
+        try:
+            return await self._search_store(queries)
+        except StoreError as exc:
+            log.warning("the store search for %d queries failed, trying it once more: %s", len(queries), exc)
+            return await self._search_store(queries)
+
+    async def _search_store(self, queries: list[VectorQuery]) -> HitColumns:
         with self._stage("query"):
             with self._store_op("query"):
                 columns = await self.store.query_columns(queries)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from xrec.config import Settings
 from xrec.events import EventType, Interaction, ItemDelete, ItemUpsert, RecommendationList
 from xrec.pipeline import STRATEGY_INTERESTS, STRATEGY_POPULAR, Recommender
 from xrec.profile import UserProfile, event_fingerprint
-from xrec.store import VectorStore, open_store
+from xrec.store import StoreError, VectorStore, open_store
 
 pytestmark = pytest.mark.unit
 
@@ -186,6 +187,50 @@ async def test_many_events_of_one_user_in_a_batch_yield_one_list_for_that_user(e
     u1 = UserProfile.from_bytes(profiles[b"u1"])
     assert u1.events == 3 and len(u1.weights) == 2  # topic 0 twice, topic 1 once
     assert {topic_of(i) for i in list_ids(by_user["u1"])} <= {0, 1}
+
+
+class FailingSearches:
+    """A real store whose next ``failures`` searches raise a StoreError (everything else passes through)."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self.inner = inner
+        self.failures = 0
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _search(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            self.failed += 1
+            raise StoreError("query failed: DEADLINE_EXCEEDED (a stand-in for the server's error)")
+
+    async def query_columns(self, queries: Any) -> Any:
+        self._search()
+        return await self.inner.query_columns(queries)
+
+    async def query_batch(self, queries: Any, with_vectors: bool = False) -> Any:
+        self._search()
+        return await self.inner.query_batch(queries, with_vectors=with_vectors)
+
+
+async def test_a_store_search_that_fails_once_is_tried_again_and_the_lists_are_built(
+    store: VectorStore, clock: Clock
+) -> None:
+    flaky = FailingSearches(store)
+    rec = Recommender(make_settings(), flaky, encoder=None, dim=DIM, clock_ms=clock)  # type: ignore[arg-type]
+    await rec.start()
+    await rec.handle_items(catalog())
+    flaky.failures = 1
+    result = await rec.handle_events([event("u1", "t0-en-0"), event("u2", "t1-de-0")], {})
+    assert flaky.failed == 1
+    assert sorted(lst.user_id for lst in result.lists) == ["u1", "u2"]
+    assert all(lst.strategy == STRATEGY_INTERESTS and lst.items for lst in result.lists)
+
+    flaky.failures = 2  # failing again: the error reaches the caller, which logs the batch's lists as lost
+    with pytest.raises(StoreError):
+        await rec.handle_events([event("u3", "t2-ja-0")], {})
 
 
 async def test_duplicate_events_are_counted_leave_the_profile_unchanged_and_a_redelivery_is_answered_again(
