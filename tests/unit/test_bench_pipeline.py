@@ -16,12 +16,15 @@ from xrec.bench.naive import NaiveEngine, profile_from_json, profile_to_json
 from xrec.bench.pipeline import (
     OutRecord,
     coverage,
+    parse_levels,
     percentiles,
     summarize_collapsed,
     synthetic_profiles,
+    worker_counts,
 )
 from xrec.bench.sessions import build_workload, load_amazon_sessions
 from xrec.config import Settings
+from xrec.errors import CommandError
 from xrec.events import Interaction
 from xrec.pipeline import Recommender
 from xrec.profile import ProfileParams, UserProfile
@@ -235,3 +238,14 @@ async def test_the_naive_engine_builds_the_same_lists_as_the_batch_engine_one_ev
     finally:
         for s in stores:
             await s.close()
+
+
+def test_load_levels_and_worker_counts_are_read_from_commas_and_refused_plainly_out_of_range() -> None:
+    assert parse_levels("10,30, 50") == [10, 30, 50]
+    assert worker_counts("1,2") == [1, 2]
+    for bad in ("", "x", "0", "201", "50,-5"):
+        with pytest.raises(CommandError, match="--load-levels"):
+            parse_levels(bad)
+    for bad in ("", "two", "0"):
+        with pytest.raises(CommandError, match="--workers"):
+            worker_counts(bad)

@@ -378,24 +378,24 @@ def unanswered(
     return out
 
 
-def worker_counts(spec: str) -> list[int]:
+def comma_ints(spec: str, flag: str, example: str, low: int, high: int) -> list[int]:
+    """``1,2`` → ``[1, 2]``: a flag's comma-separated whole numbers, each within ``low``..``high``."""
     try:
-        counts = [int(part) for part in spec.split(",") if part.strip()]
+        values = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
-        raise CommandError(f"--workers {spec!r}: expected counts such as 1,2") from None
-    if not counts or any(n < 1 for n in counts):
-        raise CommandError(f"--workers {spec!r}: each count must be at least 1")
-    return counts
+        raise CommandError(f"{flag} {spec!r}: expected numbers such as {example}") from None
+    if not values or any(not low <= v <= high for v in values):
+        raise CommandError(f"{flag} {spec!r}: each must be from {low} to {high}")
+    return values
+
+
+def worker_counts(spec: str) -> list[int]:
+    return comma_ints(spec, "--workers", "1,2", 1, 1_000)
 
 
 def parse_levels(spec: str) -> list[int]:
-    try:
-        levels = [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise CommandError(f"--load-levels {spec!r}: expected percentages such as 10,30,50") from None
-    if not levels or any(not 0 < p <= 200 for p in levels):
-        raise CommandError(f"--load-levels {spec!r}: each level must be a percentage above 0 (at most 200)")
-    return levels
+    """Offered loads in percent of saturation (above 0, at most 200)."""
+    return comma_ints(spec, "--load-levels", "10,30,50", 1, 200)
 
 
 def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
