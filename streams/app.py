@@ -16,6 +16,7 @@ from typing import Any, cast
 import faust
 
 from streams.agents import register_agents
+from streams.encoding import start_encoder
 from streams.faust_tuning import RECOVERY_CHECK_EVERY_S, read_committed_only, restart_stalled_recovery
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
@@ -24,7 +25,7 @@ from streams.tables import LocalTables, ProfileTable, describe_table_store
 from streams.views import register_views
 from xrec import __version__
 from xrec.config import Settings
-from xrec.kafka import KafkaConnection, compression_type
+from xrec.kafka import KafkaConnection, compression_type, heartbeat_interval_s
 from xrec.metrics import CONSUMER_LAG_INTERVAL_S
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,  # how soon a killed worker's partitions move
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_heartbeat_interval=heartbeat_interval_s(settings),
         stream_buffer_maxsize=max(4096, settings.event_batch_size * 4),
         table_cleanup_interval=300.0,
         version=1,
@@ -84,6 +85,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     @app.task
     async def index_items() -> None:
         runtime.indexer_task = start_indexer(runtime, bootstrap)
+        runtime.encoder_task = start_encoder(runtime, bootstrap)
 
     topics = runtime.topics
     lag_reporter = LagReporter(

@@ -57,3 +57,21 @@ class DeadLetters:
             failed_at_ms=int(time.time() * 1000),
         )
         return await self._send(source.key, value)
+
+
+class ItemDeadLetters(DeadLetters):
+    """The item stages' dead letters (encoder, indexer): sent by the stage's own producer, counted as items too."""
+
+    def __init__(self, metrics: XrecMetrics, topic: str) -> None:
+        super().__init__(metrics, self._send_and_wait)
+        self.topic = topic
+        self.producer: Any = None  # the stage's AIOKafkaProducer, once started
+
+    async def _send_and_wait(self, key: bytes | None, value: bytes) -> Any:
+        assert self.producer is not None, "the item stage sends dead letters only after its producer started"
+        return await self.producer.send_and_wait(self.topic, key=key, value=value)
+
+    async def refuse(self, message: Any, reason: str, error: str, exception: str = "RecordError") -> None:
+        """Dead-letter one item message and count it under ``xrec_items_total{outcome="dlq"}``."""
+        self.metrics.item("dlq")
+        await self.send(DeadSource.of_message(message), reason, error, exception)

@@ -1,10 +1,13 @@
 """The item indexer: every vector store sees the whole catalog, batch by batch.
 
-Items are not split between workers like events are. An embedded ``edge`` store lives inside one
-worker, so each such worker must index every item; its consumer group is named after the store
-(``<app>-items-<store id>``), which also keeps the group's committed offsets in step with what that
-store holds. Workers sharing one Qdrant server share one group, so each item is indexed once.
-Offsets are committed only after the batch is in the store (at-least-once; upserts are idempotent).
+It reads the encoded items of its vector space (``streams/encoding.py`` wrote them, each text encoded
+once), not the items topic. Items are not split between workers like events are. An embedded ``edge``
+store lives inside one worker, so each such worker must index every item; its consumer group is named
+after the store (``<app>-items-<store id>``), which also keeps the group's committed offsets in step
+with what that store holds. Workers sharing one Qdrant server share one group, so each item is indexed
+once. Offsets are committed only after the batch is in the store (at-least-once; upserts are idempotent).
+The vectors topic keeps the items topic's partition numbers, so the statistics parts below are per items
+partition either way.
 
 The indexer also counts the language statistics of the partitions it owns and publishes them before it
 writes the store (``streams/language_stats.py``): records up to the published offset are counted
@@ -16,21 +19,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from streams.dlq import DeadLetters, DeadSource
+from streams.dlq import ItemDeadLetters
+from streams.lag import ConsumerLagProbe, PolledLag
 from streams.language_stats import LanguageStatsFollower
 from streams.runtime import Runtime
 from streams.supervision import ConsumerLoopError
-from xrec.events import ItemRecord, RecordError, parse_item
-from xrec.kafka import aiokafka_kwargs, producer_kwargs
+from xrec.events import ItemRecord, ItemUpsert, RecordError, parse_item
+from xrec.kafka import aiokafka_kwargs, group_member_kwargs, producer_kwargs
 from xrec.pipeline import ItemBatchResult
 from xrec.space import CountedStats, LanguageStats
-from xrec.topics import items_group_id, stats_part_key
+from xrec.topics import encoder_group_id, items_group_id, stats_part_key
+from xrec.vectors import EncodedItem, VectorRecordError
 
 log = logging.getLogger(__name__)
+
+#: While no batch comes, the store is counted again this often: workers sharing a Qdrant server each index
+#: part of the catalog, and each one's ``xrec_items_indexed`` should still say what the collection holds.
+RECOUNT_EVERY_S = 5.0
 
 
 class ItemIndexer:
@@ -42,7 +52,7 @@ class ItemIndexer:
         self.group = items_group_id(runtime.settings)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.dead = DeadLetters(runtime.metrics, self._send_dead)
+        self.dead = ItemDeadLetters(runtime.metrics, runtime.topics.dlq)
         self.stats = LanguageStatsFollower(
             runtime.recommender.space,
             runtime.topics.language_stats,
@@ -50,10 +60,14 @@ class ItemIndexer:
             aiokafka_kwargs(runtime.settings, bootstrap),
         )
         self.counted_through: dict[TopicPartition, int] = {}  # per owned partition: last offset the statistics count
-        self._lag_partitions: set[Any] = set()
-        self._lag_reported_at = 0.0
+        self.lag = PolledLag(runtime.metrics)
+        # The encoding group's lag on the items topic, read committed as the encoders read it.
+        self.encoding_lag = ConsumerLagProbe(
+            runtime.settings, bootstrap, encoder_group_id(runtime.settings, runtime.space), read_committed=True
+        )
         self.joined = False  # the group gave this indexer its partitions (none, when others index them all)
         self._caught_up_checked_at = 0.0
+        self._counted_at = 0.0
 
     async def run(self) -> None:
         rt = self.runtime
@@ -64,17 +78,18 @@ class ItemIndexer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.batch_size,
-            isolation_level="read_committed",  # an aborted transaction's items never reach the store
+            **group_member_kwargs(settings),
             **kwargs,
         )
         self.producer = AIOKafkaProducer(linger_ms=5, **producer_kwargs(settings, self.bootstrap))
         await self.producer.start()
+        self.dead.producer = self.producer
         follower = asyncio.ensure_future(self.stats.run())
         await rt.ensure_started()
         await self.stats.caught_up.wait()  # a partition's statistics continue from what was published
-        self.consumer.subscribe([rt.topics.items], listener=_TakeOverStatistics(self))
+        self.consumer.subscribe([rt.vectors_topic], listener=_TakeOverStatistics(self))
         await self.consumer.start()
-        log.info("indexing items from %s (group %s)", rt.topics.items, self.group)
+        log.info("indexing encoded items from %s into %s (group %s)", rt.vectors_topic, rt.store.name, self.group)
         try:
             while True:
                 try:
@@ -83,17 +98,18 @@ class ItemIndexer:
                     if messages:
                         await self.index(messages)
                         await self.consumer.commit()
-                    elif not rt.items_caught_up:
-                        rt.items_caught_up = await self._caught_up()
-                    await self._report_lag()
+                    else:
+                        if not rt.items_caught_up:
+                            rt.items_caught_up = await self._caught_up()
+                        if time.monotonic() - self._counted_at > RECOUNT_EVERY_S:
+                            await self.count_store()  # a shared server also grows by the other workers' batches
+                    await self.lag.report(self.consumer)
                 except Exception as exc:  # records that fail are dead-lettered inside; this is the loop itself
-                    owned = sorted(tp.partition for tp in self.consumer.assignment())
-                    raise ConsumerLoopError(
-                        f"item indexer reading {rt.topics.items} partitions {owned}: {type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise ConsumerLoopError.reading("item indexer", rt.vectors_topic, self.consumer, exc) from exc
                 rt.loops.went_round("items")
         finally:
             follower.cancel()
+            await self.encoding_lag.close()
             await self.consumer.stop()
             await self.producer.stop()
 
@@ -104,22 +120,29 @@ class ItemIndexer:
             by_partition.setdefault(TopicPartition(message.topic, message.partition), []).append(message)
         for tp, part in by_partition.items():
             await self._index_partition(tp, part)
+        await self.count_store()
+
+    async def count_store(self) -> None:
+        """``xrec_items_indexed``: after each batch, and every few seconds while idle."""
         with self.runtime.metrics.observe_store("count", self.runtime.store.name):
             self.runtime.metrics.set_items_indexed(await self.runtime.store.count())
+        self._counted_at = time.monotonic()
 
     async def _index_partition(self, tp: TopicPartition, messages: list[Any]) -> None:
         rt = self.runtime
         records: list[ItemRecord] = []
         sources: dict[int, Any] = {}
+        last_of: dict[str, Any] = {}  # item id → its last message in the batch (the version the engine keeps)
         with rt.metrics.time_stage("decode"):
             for message in messages:
                 try:
-                    record = parse_item(message.value, rt.limits)
+                    record = self._decode(message.value)
                 except RecordError as exc:
-                    await self._dead_letter(message, exc.reason, exc.message)
+                    await self.dead.refuse(message, exc.reason, exc.message)
                     continue
                 records.append(record)
                 sources[id(record)] = message
+                last_of[record.item_id] = message
         key = stats_part_key(self.group, tp.partition)
         through = self.counted_through.get(tp, -1)
         last = messages[-1].offset
@@ -144,7 +167,7 @@ class ItemIndexer:
             rt.recommender.space.set_part(key, before)  # dead-lettered records are not in the catalog
             await publish(before)
             for record in records:
-                await self._dead_letter(sources[id(record)], "processing_error", repr(exc), type(exc).__name__)
+                await self.dead.refuse(sources[id(record)], "processing_error", repr(exc), type(exc).__name__)
             return
         finally:
             self.counted_through[tp] = last
@@ -154,56 +177,56 @@ class ItemIndexer:
         rt.metrics.item("upserted", result.upserted)
         rt.metrics.item("deleted", result.deleted)
         for rejected in result.rejected:
-            await self._dead_letter(sources[id(rejected.record)], rejected.error.reason, rejected.error.message)
+            await self.dead.refuse(last_of[rejected.record.item_id], rejected.error.reason, rejected.error.message)
 
-    async def _send_dead(self, key: bytes | None, value: bytes) -> Any:
-        assert self.producer is not None
-        return await self.producer.send_and_wait(self.runtime.topics.dlq, key=key, value=value)
-
-    async def _dead_letter(self, message: Any, reason: str, error: str, exception: str = "RecordError") -> None:
-        self.runtime.metrics.item("dlq")
-        await self.dead.send(DeadSource.of_message(message), reason, error, exception)
-
-    async def _report_lag(self, every_s: float = 1.0) -> None:
-        """Items read but not yet in the store, per owned partition: end offset − committed position.
-
-        Called right after each commit (or an empty poll), when the position is the committed offset.
-        """
-        now = time.monotonic()
-        if now - self._lag_reported_at < every_s:
-            return
-        self._lag_reported_at = now
-        assert self.consumer is not None
-        owned = self.consumer.assignment()
-        metrics = self.runtime.metrics
-        for tp in self._lag_partitions - owned:  # moved to another worker sharing this Qdrant server
-            metrics.forget_partition(tp.topic, tp.partition)
-        self._lag_partitions = set(owned)
-        for tp in owned:
-            end = self.consumer.highwater(tp)  # from the last fetch response; None before the first
-            if end is not None:
-                metrics.set_consumer_lag(tp.topic, tp.partition, end - await self.consumer.position(tp))
+    def _decode(self, value: bytes | None) -> ItemRecord:
+        """An item of the vectors topic, with the vector its space's encoder gave it."""
+        encoded = EncodedItem.from_bytes(value, self.runtime.space)
+        record = parse_item(encoded.item, self.runtime.limits)
+        if not isinstance(record, ItemUpsert):
+            return record
+        if encoded.vector is None:
+            raise VectorRecordError("bad_vector_record", "an encoded item upsert without its vector")
+        return replace(record, vector=encoded.vector)
 
     async def _caught_up(self, every_s: float = 1.0) -> bool:
-        """Every item written so far is in the store: this indexer's partitions are read to their end, or,
-        when workers sharing a Qdrant server left it none, the group has committed every partition's end."""
+        """Every item written so far is in the store: the encoding group has encoded the whole items topic, and
+        this indexer has read its partitions of the vectors topic to their end (or, when workers sharing a
+        Qdrant server left it none, its group has committed every partition's end)."""
         assert self.consumer is not None
         now = time.monotonic()
         if not self.joined or now - self._caught_up_checked_at < every_s:
             return False
         self._caught_up_checked_at = now
+        if not await self._all_encoded():
+            return False
         assignment = self.consumer.assignment()
         if assignment:
             ends = await self.consumer.end_offsets(list(assignment))
             positions = {tp: await self.consumer.position(tp) for tp in assignment}
             return all(positions[tp] >= ends[tp] for tp in assignment)
-        topic = self.runtime.topics.items
-        partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
+        partitions = await self._partitions(self.runtime.vectors_topic)
         if not partitions:
             return False
         ends = await self.consumer.end_offsets(partitions)
         committed = {tp: await self.consumer.committed(tp) or 0 for tp in partitions}
         return all(committed[tp] >= ends[tp] for tp in partitions)
+
+    async def _all_encoded(self) -> bool:
+        """The encoding group (``streams/encoding.py``, any worker's) has committed the end of every items
+        partition. Without it a worker would say it is ready while its catalog is still being encoded."""
+        partitions = await self._partitions(self.runtime.topics.items)
+        try:
+            lag = await self.encoding_lag.lag(partitions)
+        except Exception as exc:  # asked again next second; readiness waits meanwhile
+            log.debug("encoding lag not measured: %s: %s", type(exc).__name__, exc)
+            await self.encoding_lag.close()
+            return False
+        return bool(partitions) and len(lag) == len(partitions) and not any(lag.values())
+
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        assert self.producer is not None  # its metadata follows any topic asked for; the consumer's only its own
+        return [TopicPartition(topic, p) for p in sorted(await self.producer.partitions_for(topic))]
 
 
 class _TakeOverStatistics(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,14 +43,23 @@ class ConsumerLagProbe:
     transactions do not count; a transaction's commit marker can still show as a lag of 1.
     """
 
-    def __init__(self, settings: Settings, bootstrap: str, group_id: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        group_id: str,
+        *,
+        timeout_s: float = 10.0,
+        read_committed: bool | None = None,
+    ) -> None:
+        """``read_committed``: how the group reads (default: as the worker's processing guarantee says)."""
         self.settings = settings
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.timeout_s = timeout_s
-        self.isolation_level = (
-            "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
-        )
+        if read_committed is None:
+            read_committed = settings.processing_guarantee == "exactly_once"
+        self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._started = False
@@ -133,3 +143,32 @@ class LagReporter:
             self.failing = False
         for tp, n in lag.items():
             self.metrics.set_consumer_lag(tp.topic, tp.partition, n)
+
+
+class PolledLag:
+    """``xrec_consumer_lag`` of a consumer that commits after each batch (the item encoder and indexer):
+    end offset − position of each owned partition, from what the last fetch said; at most once per ``every_s``.
+
+    Called right after a commit (or an empty poll), when the position is the committed offset. Partitions
+    that moved to another worker lose their series here.
+    """
+
+    def __init__(self, metrics: XrecMetrics, every_s: float = 1.0) -> None:
+        self.metrics = metrics
+        self.every_s = every_s
+        self._partitions: set[Any] = set()
+        self._reported_at = 0.0
+
+    async def report(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._reported_at < self.every_s:
+            return
+        self._reported_at = now
+        owned = consumer.assignment()
+        for tp in self._partitions - owned:
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        self._partitions = set(owned)
+        for tp in owned:
+            end = consumer.highwater(tp)  # from the last fetch response; None before the first
+            if end is not None:
+                self.metrics.set_consumer_lag(tp.topic, tp.partition, end - await consumer.position(tp))

@@ -19,7 +19,8 @@ from xrec.events import Limits, RecommendationList
 from xrec.metrics import XrecMetrics
 from xrec.pipeline import Encoder, Recommender
 from xrec.store.base import VectorStore
-from xrec.topics import TopicNames
+from xrec.topics import TopicNames, vectors_topic
+from xrec.vectors import VectorSpace
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ class Runtime:
     encoder: Encoder | None
     metrics: XrecMetrics
     dim: int
+    space: VectorSpace  # what the vectors topic, the encoding group and the store hold (``xrec/vectors.py``)
     topics: TopicNames = field(init=False)
+    vectors_topic: str = field(init=False)
     limits: Limits = field(init=False)
     recommender: Recommender = field(init=False)
     latest: LatestLists = field(default_factory=LatestLists)
@@ -59,12 +62,14 @@ class Runtime:
     started: bool = False
     items_caught_up: bool = False
     indexer_task: asyncio.Task[None] | None = None
+    encoder_task: asyncio.Task[None] | None = None  # None where XREC_ENCODE_ITEMS=false
     loops: ConsumerLoops = field(init=False)
     local_tables: LocalTables | None = None  # XREC_TABLE_STORE=rocksdb: told when the worker stops cleanly
 
     def __post_init__(self) -> None:
         self.loops = ConsumerLoops(self.metrics, self.settings.consumer_max_failures)
         self.topics = TopicNames.from_settings(self.settings)
+        self.vectors_topic = vectors_topic(self.settings, self.space)
         self.limits = Limits.from_settings(self.settings, vector_dim=self.dim)
         self.recommender = Recommender(self.settings, self.store, self.encoder, self.metrics, dim=self.dim)
 
@@ -73,6 +78,7 @@ class Runtime:
         async with self.engine_lock:
             if not self.started:
                 await self.recommender.start()
+                await self.store.claim_space(self.space)  # refuses a store that holds another model's vectors
                 self.started = True
 
 

@@ -18,6 +18,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from xrec.metrics import XrecMetrics
 
@@ -30,6 +31,11 @@ MAX_PAUSE_S = 60.0
 
 class ConsumerLoopError(RuntimeError):
     """A consumer loop failed; the message names the loop, the topic and the partitions it was reading."""
+
+    @classmethod
+    def reading(cls, loop: str, topic: str, consumer: Any, exc: Exception) -> ConsumerLoopError:
+        owned = sorted(tp.partition for tp in consumer.assignment())
+        return cls(f"{loop} reading {topic} partitions {owned}: {type(exc).__name__}: {exc}")
 
 
 @dataclass

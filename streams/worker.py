@@ -17,6 +17,7 @@ from xrec.metrics import XrecMetrics
 from xrec.store import open_store
 from xrec.store.exact import use_one_blas_thread
 from xrec.topics import prepare_topics
+from xrec.vectors import VectorSpace
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def build_runtime(settings: Settings, *, with_encoder: bool = True, dim: int | N
     if dim is None:
         raise ValueError("a worker without an encoder needs the vector dimension (XREC_VECTOR_DIM)")
     store = open_store(settings, dim=dim)
-    return Runtime(settings=settings, store=store, encoder=encoder, metrics=metrics, dim=dim)
+    space = encoder.space if encoder is not None else VectorSpace.precomputed(dim)
+    return Runtime(settings=settings, store=store, encoder=encoder, metrics=metrics, dim=dim, space=space)
 
 
 def run_worker(
@@ -51,7 +53,7 @@ def run_worker(
     if missing:  # a producer's batch in one of these would stop the consumer that meets it
         log.error("this worker cannot read %s-compressed records: pip install cramjam", "/".join(missing))
     runtime = build_runtime(settings, with_encoder=with_encoder, dim=dim)  # first: a bad model fails before Kafka
-    created = run_blocking(lambda: prepare_topics(settings, bootstrap), timeout_s=60)
+    created = run_blocking(lambda: prepare_topics(settings, bootstrap, runtime.space), timeout_s=60)
     if created:
         log.info("created topics: %s", ", ".join(created))
     app = create_app(runtime, bootstrap)

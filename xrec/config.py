@@ -151,6 +151,11 @@ class Settings:
     encoder_threads: int = _setting(
         0, "CPU threads the encoder uses on CPU, either backend (0: the cores this process may use)."
     )
+    encode_items: bool = _setting(
+        True,
+        "This worker encodes item texts for the workers of its vector space (one consumer group: each text is encoded "
+        "once in all); false leaves it to the others (a worker without a GPU serves from vectors a GPU worker encoded).",
+    )
     hub_timeout_s: float = _setting(10.0, "How long to wait for the Hugging Face hub before saying it is unreachable.")
     expect_gpu: bool = _setting(
         False,

@@ -29,7 +29,8 @@ import torch
 
 from xrec.config import Settings
 from xrec.errors import XrecError
-from xrec.modelhub import resolve_model
+from xrec.modelhub import checkpoint_fingerprint, resolve_model
+from xrec.vectors import VectorSpace
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,19 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         return self._dim
+
+    @property
+    def space(self) -> VectorSpace:
+        """Where this encoder puts texts: vectors of encoders with the same space are interchangeable,
+        whatever device or precision computed them (``xrec/vectors.py``)."""
+        return VectorSpace.of_encoder(
+            self.model_name,
+            checkpoint_fingerprint(self.model_path),
+            self.prefixes.query,
+            self.prefixes.passage,
+            self.max_tokens,
+            self.dim,
+        )
 
     # --- synchronous batch API -------------------------------------------------------------------
 

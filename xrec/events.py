@@ -34,6 +34,8 @@ REASONS = (
     "text_too_long",
     "too_many_tags",
     "bad_vector",
+    "bad_vector_record",
+    "other_vector_space",
     "unknown_item",
     "unknown_command",
     "processing_error",

@@ -184,6 +184,20 @@ def producer_kwargs(settings: Settings, bootstrap: str | Sequence[str] | None = 
     return {**aiokafka_kwargs(settings, bootstrap), "compression_type": compression_type(settings)}
 
 
+def heartbeat_interval_s(settings: Settings) -> float:
+    """A group member's heartbeat: three per session timeout, at most every 3 s (Kafka's default)."""
+    return min(3.0, settings.session_timeout_s / 3)
+
+
+def group_member_kwargs(settings: Settings) -> dict[str, Any]:
+    """Session timeout and heartbeat of a consumer group member: a worker silent for ``XREC_SESSION_TIMEOUT_S``
+    loses its partitions, in the item encoder's and indexer's groups as in Faust's."""
+    return {
+        "session_timeout_ms": int(settings.session_timeout_s * 1000),
+        "heartbeat_interval_ms": int(heartbeat_interval_s(settings) * 1000),
+    }
+
+
 def compression_type(settings: Settings) -> str | None:
     """The codec xrec's producers use (None: uncompressed), after checking it can run here."""
     codec = settings.kafka_compression

@@ -36,8 +36,8 @@ UNKNOWN_EVENT_TYPE = "unknown"
 EVENT_TYPE_LABELS = (*EVENT_TYPES, UNKNOWN_EVENT_TYPE)
 #: ``forgotten``: events still waiting for their item when ``forget_user`` erased their user.
 EVENT_OUTCOMES = ("processed", "duplicate", "dlq", "forgotten")
-ITEM_OUTCOMES = ("upserted", "deleted", "dlq")
-CONSUMER_LOOPS = ("items", "events")
+ITEM_OUTCOMES = ("encoded", "upserted", "deleted", "dlq")
+CONSUMER_LOOPS = ("encode", "items", "events")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 #: Where a batch of events spends its time: ``fetch`` (from the event's Kafka timestamp to the worker
 #: reading it, the oldest of the batch), ``queue`` (read, waiting for the batch loop), ``apply`` (decode,
@@ -109,7 +109,10 @@ class XrecMetrics:
             ("type", "outcome"),
         )
         self.items = self._counter(
-            "xrec_items_total", "Records read from the items topic, by outcome (upserted, deleted, dlq).", ("outcome",)
+            "xrec_items_total",
+            "Item records by outcome: encoded (texts this worker encoded for every store of its vector space; "
+            "summed over the workers, each text once), upserted and deleted (in this worker's store), dlq.",
+            ("outcome",),
         )
         self.event_to_publish = self._histogram(
             "xrec_event_to_publish_seconds",
@@ -165,8 +168,8 @@ class XrecMetrics:
         )
         self.consumer_failures = self._counter(
             "xrec_consumer_failures_total",
-            "Failures of a consumer loop (items: the item indexer; events: the event batch loop); each is "
-            "logged at ERROR and retried, and too many in a row stop the worker.",
+            "Failures of a consumer loop (encode: the item encoder; items: the item indexer; events: the event "
+            "batch loop); each is logged at ERROR and retried, and too many in a row stop the worker.",
             ("consumer",),
         )
         self.store_request = self._histogram(
@@ -204,7 +207,11 @@ class XrecMetrics:
             ("kind", "source"),
         )
         self.profiles = self._gauge("xrec_profiles", "User profiles held by this worker.", ())
-        self.items_indexed = self._gauge("xrec_items_indexed", "Items in the vector store, as last counted.", ())
+        self.items_indexed = self._gauge(
+            "xrec_items_indexed",
+            "Items in the vector store, as last counted (after each item batch, and every 5 s while idle).",
+            (),
+        )
         self.lists_published = self._counter(
             "xrec_lists_published_total", "Recommendation lists published to the output topic.", ()
         )

@@ -220,27 +220,8 @@ class Recommender:
             latest[record.item_id] = record
         upserts = [self._resolve_language(r) for r in latest.values() if isinstance(r, ItemUpsert)]
         deletes = [r.item_id for r in latest.values() if isinstance(r, ItemDelete)]
-        points: list[ItemPoint] = []
-        to_encode = [u for u in upserts if u.vector is None]
-        if to_encode:
-            if self.encoder is None:
-                for u in to_encode:
-                    result.rejected.append(
-                        Rejected(u, RecordError("bad_vector", "this worker has no encoder: send a vector"))
-                    )
-            else:
-                with self._stage("encode"):
-                    vectors = await self.encoder.encode_many([u.text for u in to_encode], kind="passage")
-                points += [ItemPoint(u.item_id, v, u.payload()) for u, v in zip(to_encode, vectors, strict=True)]
-        for u in upserts:
-            if u.vector is not None:
-                if len(u.vector) != self.dim:
-                    error = RecordError(
-                        "bad_vector", f"vector has {len(u.vector)} dimensions; the store uses {self.dim}"
-                    )
-                    result.rejected.append(Rejected(u, error))
-                    continue
-                points.append(ItemPoint(u.item_id, u.vector, u.payload()))
+        ready, result.rejected = await self.encode_items(upserts)
+        points = [ItemPoint(u.item_id, u.vector, u.payload()) for u in ready if u.vector is not None]
         metas = {p.item_id: ItemMeta(np.asarray(p.vector, np.float32), str(p.payload["lang"])) for p in points}
         if not counted and (metas or deletes):
             with self._stage("query"):
@@ -263,6 +244,31 @@ class Recommender:
                 self.popularity.discard(item_id)
         result.upserted, result.deleted = len(points), len(deletes)
         return result
+
+    async def encode_items(self, upserts: Sequence[ItemUpsert]) -> tuple[list[ItemUpsert], list[Rejected]]:
+        """Each upsert with its vector, the texts that came without one encoded in one pass; an upsert that
+        cannot have one (no encoder here, a vector of the wrong dimension) is rejected with the reason."""
+        rejected: list[Rejected] = []
+        to_encode = [u for u in upserts if u.vector is None]
+        encoded: dict[int, np.ndarray] = {}
+        if to_encode and self.encoder is None:
+            error = RecordError("bad_vector", "this worker has no encoder: send a vector")
+            rejected += [Rejected(u, error) for u in to_encode]
+        elif to_encode:
+            assert self.encoder is not None
+            with self._stage("encode"):
+                vectors = await self.encoder.encode_many([u.text for u in to_encode], kind="passage")
+            encoded = {id(u): v for u, v in zip(to_encode, vectors, strict=True)}
+        ready: list[ItemUpsert] = []
+        for u in upserts:
+            if id(u) in encoded:
+                ready.append(replace(u, vector=encoded[id(u)]))
+            elif u.vector is not None and len(u.vector) != self.dim:
+                error = RecordError("bad_vector", f"vector has {len(u.vector)} dimensions; the store uses {self.dim}")
+                rejected.append(Rejected(u, error))
+            elif u.vector is not None:
+                ready.append(u)
+        return ready, rejected
 
     def _resolve_language(self, item: ItemUpsert) -> ItemUpsert:
         """The item with the language its label and text resolve to (counted in metrics by source)."""

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from xrec.config import Settings
 from xrec.kafka import KafkaConnection, TopicSpec, create_topics
+from xrec.vectors import VectorSpace
+
+#: The largest record of a vectors topic: an item record at its limit (``XREC_MAX_RECORD_BYTES``, at most
+#: about 1 MB by Kafka's defaults) plus its vector and header; the topic and its producer allow this much.
+VECTOR_RECORD_MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,18 @@ class TopicNames:
         )
 
 
-def topic_specs(s: Settings) -> list[TopicSpec]:
-    """Every topic xrec needs. Events, control, re-keyed events and lists share a partition count so
-    one user's records, profile and list live on the same partition number (co-partitioned)."""
+def vectors_topic(s: Settings, space: VectorSpace) -> str:
+    """The encoded items of one vector space (``xrec/vectors.py``): named by its fingerprint, so a model change
+    writes a new topic and no store ever mixes two spaces."""
+    return f"{s.topic_items}.vectors.{space.fingerprint}"
+
+
+def topic_specs(s: Settings, space: VectorSpace | None = None) -> list[TopicSpec]:
+    """Every topic xrec needs (with ``space``: its vectors topic too). Events, control, re-keyed events and
+    lists share a partition count so one user's records, profile and list live on the same partition number
+    (co-partitioned); the vectors topic has the items topic's, as each item keeps its partition number."""
     names = TopicNames.from_settings(s)
-    return [
+    specs = [
         TopicSpec(names.items, s.item_partitions, config={"cleanup.policy": "compact"}),
         TopicSpec(names.events, s.partitions),
         TopicSpec(names.events_by_user, s.partitions),
@@ -49,11 +61,15 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(names.dlq, 1),
         TopicSpec(names.language_stats, 1, compacted=True),
     ]
+    if space is not None:
+        config = {"cleanup.policy": "compact", "max.message.bytes": str(VECTOR_RECORD_MAX_BYTES)}
+        specs.append(TopicSpec(vectors_topic(s, space), s.item_partitions, config=config))
+    return specs
 
 
-async def prepare_topics(settings: Settings, bootstrap: str) -> list[str]:
+async def prepare_topics(settings: Settings, bootstrap: str, space: VectorSpace | None = None) -> list[str]:
     """Create xrec's topics before a worker subscribes, so none is auto-created with 1 partition."""
-    return await create_topics(KafkaConnection.from_settings(settings, bootstrap), topic_specs(settings))
+    return await create_topics(KafkaConnection.from_settings(settings, bootstrap), topic_specs(settings, space))
 
 
 def items_group_id(settings: Settings) -> str:
@@ -64,6 +80,12 @@ def items_group_id(settings: Settings) -> str:
     else:
         where = f"{settings.qdrant_url}/{settings.collection}"
     return f"{settings.app_id}-items-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
+
+
+def encoder_group_id(settings: Settings, space: VectorSpace) -> str:
+    """The encoding stage's consumer group: one per app and vector space, whatever the stores, so each item
+    text is encoded once by all the workers that share the space."""
+    return f"{settings.app_id}-encode-{space.fingerprint}"
 
 
 def stats_part_key(items_group: str, partition: int) -> str:

@@ -22,6 +22,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from xrec.broker import free_port
+from xrec.config import Settings
+from xrec.modelhub import DEFAULT_MODEL_ID, default_model_dir
 from xrec.store.local_server import LocalQdrantServer
 from xrec.worker_process import WORKER_COMMAND, WorkerProcess
 
@@ -108,6 +110,14 @@ class WorkerEnv:
             return messages
 
         return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def model_ready() -> None:
+    """Workers with the real encoder need the default model; ``./run test`` prepares it first."""
+    path = default_model_dir(Settings.from_env())
+    if not path.exists():
+        pytest.fail(f"{DEFAULT_MODEL_ID} is not prepared in {path}: run `xrec model prepare` (./run test does)")
 
 
 @pytest.fixture

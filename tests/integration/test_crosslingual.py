@@ -15,22 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from tests.integration.conftest import WorkerEnv, WorkerProcess, lists_for
-from xrec.config import Settings
 from xrec.demo.catalog import build_catalog
-from xrec.modelhub import DEFAULT_MODEL_ID, default_model_dir
 from xrec.store.local_server import LocalQdrantServer
 
 SAMPLE = Path(__file__).resolve().parents[2] / "xrec" / "data" / "multilingual_sample.tsv"
-
-
-@pytest.fixture(scope="module")
-def model_ready() -> None:
-    path = default_model_dir(Settings.from_env())
-    if not path.exists():
-        pytest.fail(f"{DEFAULT_MODEL_ID} is not prepared in {path}: run `xrec model prepare` (./run test does)")
 
 
 def index(worker_env: WorkerEnv, worker: WorkerProcess, records: list[dict[str, Any]]) -> None:

@@ -201,18 +201,19 @@ def test_a_consumer_loop_that_cannot_go_on_is_logged_counted_unready_and_ends_th
 
     def failing_and_unready() -> bool:
         status, body = worker.get_json("/readyz") if worker.alive() else (0, {})
-        return status == 503 and "items" in body.get("failing", {}) and not body["checks"]["consumer_loops"]
+        return status == 503 and "encode" in body.get("failing", {}) and not body["checks"]["consumer_loops"]
 
-    wait_for("/readyz naming the failing item loop", failing_and_unready, 60, worker)
-    assert metric_sum(worker, "xrec_consumer_failures_total", consumer="items") >= 1
+    # The items topic is read by the item encoder's loop (``encode``, streams/encoding.py).
+    wait_for("/readyz naming the failing item encoder loop", failing_and_unready, 60, worker)
+    assert metric_sum(worker, "xrec_consumer_failures_total", consumer="encode") >= 1
     assert worker.wait(120) == 3  # exits on its own, non-zero, after three failures in a row
     log = worker.log_path.read_text(errors="replace")
     assert "cannot read snappy/lz4/zstd-compressed records: pip install cramjam" in log
-    failures = [ln for ln in log.splitlines() if "items failed (" in ln and "ERROR" in ln]
+    failures = [ln for ln in log.splitlines() if "encode failed (" in ln and "ERROR" in ln]
     assert failures and f"reading {worker_env.topics['items']} partitions [0]" in failures[0]
     assert "UnsupportedCodecError" in failures[0]
     last = log.strip().splitlines()[-1]
-    assert last.startswith("xrec worker: items failed 3 times in a row, last: ConsumerLoopError"), last
+    assert last.startswith("xrec worker: encode failed 3 times in a row, last: ConsumerLoopError"), last
 
 
 def test_a_batch_fausts_consumer_cannot_read_ends_the_worker_non_zero_with_one_line(

@@ -33,7 +33,10 @@ import yaml
 
 from tests.integration.conftest import WorkerEnv, WorkerProcess
 from xrec.broker import free_port
+from xrec.config import Settings
 from xrec.metrics import XrecMetrics
+from xrec.topics import vectors_topic
+from xrec.vectors import VectorSpace
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -237,7 +240,8 @@ def test_prometheus_scrapes_the_worker_and_stores_every_xrec_metric(scraped: Scr
     wait_for(lambda: prom.value("sum(xrec_consumer_lag)") == 0.0, 60, "consumer lag back to 0")
     lag_topics = {s["metric"]["topic"] for s in prom.query("xrec_consumer_lag")}
     topics = env.topics
-    assert lag_topics == {topics["events"], f"{topics['events']}-by-user", topics["control"], topics["items"]}
+    encoded = vectors_topic(Settings(topic_items=topics["items"]), VectorSpace.precomputed(DIM))  # the indexer's input
+    assert lag_topics == {topics["events"], f"{topics['events']}-by-user", topics["control"], topics["items"], encoded}
 
     # The shipped rules load and evaluate without error against the real series.
     def rules() -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from xrec.store import (
     point_id,
 )
 from xrec.store.local_server import LocalQdrantServer
+from xrec.vectors import VectorSpace
 
 # The remote client checks the server version from a background thread, so its warning about the
 # unreachable test URL can surface during any later test of this module.
@@ -147,6 +148,25 @@ async def test_ensure_collection_refuses_another_dimension(make_store: StoreFact
     reopened = make_store()
     with pytest.raises(StoreError, match="16"):
         await reopened.ensure_collection(16)
+
+
+async def test_a_store_keeps_the_vector_space_it_was_claimed_for_and_refuses_another(
+    make_store: StoreFactory,
+) -> None:
+    first = make_store()
+    await first.ensure_collection(DIM)
+    space = VectorSpace.of_encoder("model/a", "ckpt-a", "query: ", "passage: ", 256, DIM)
+    await first.claim_space(space)
+    await first.claim_space(space)  # the same space again: nothing to say
+    await first.upsert([item("a", axis(0))])
+    await first.close()
+    reopened = make_store()
+    await reopened.ensure_collection(DIM)
+    await reopened.claim_space(space)  # a restart of the same model
+    other = VectorSpace.of_encoder("model/b", "ckpt-b", "query: ", "passage: ", 256, DIM)
+    with pytest.raises(StoreError, match=r"model/a.*model/b"):
+        await reopened.claim_space(other)
+    assert await reopened.count() == 1
 
 
 async def test_upsert_then_query_finds_the_nearest_item_first(store: VectorStore) -> None:

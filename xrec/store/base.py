@@ -10,11 +10,14 @@ import functools
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from xrec.errors import XrecError
+
+if TYPE_CHECKING:
+    from xrec.vectors import VectorSpace
 
 #: Namespace for item-id → point-id mapping; changing it orphans every stored point.
 POINT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c43-9a52-8e2f0b1d3c77")
@@ -143,6 +146,21 @@ class StoreError(XrecError, RuntimeError):
     """A backend operation failed; the message names the operation and the backend."""
 
 
+def unclaimed(held: Mapping[str, Any] | None, space: VectorSpace, where: str) -> bool:
+    """True when ``where`` records no vector space yet (the caller records ``space``); a StoreError when it
+    records another one. Nothing is said when it records ``space`` itself."""
+    if not held:
+        return True
+    if held.get("fingerprint") != space.fingerprint:
+        raise StoreError(
+            f"{where} holds vectors of {held.get('model')} (space {held.get('fingerprint')}, dim {held.get('dim')}); "
+            f"this worker's encoder is {space.model} (space {space.fingerprint}, dim {space.dim}). Vectors of two "
+            "models are not comparable: give this worker a store of its own (XREC_STORE_PATH or XREC_COLLECTION), "
+            "or remove the old one to re-index it in the new space"
+        )
+    return False
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Item vectors and their payloads, searchable by cosine similarity."""
@@ -155,6 +173,10 @@ class VectorStore(Protocol):
 
     async def ensure_collection(self, dim: int) -> None:
         """Create the collection (cosine, payload indexes) if missing; check ``dim`` if present."""
+
+    async def claim_space(self, space: VectorSpace) -> None:
+        """Record the vector space this store holds (``xrec/vectors.py``) after ``ensure_collection``; a
+        store that holds another space is refused with a StoreError, so two models never share one."""
 
     async def upsert(self, points: Sequence[ItemPoint]) -> None:
         """Insert or replace a batch of items."""

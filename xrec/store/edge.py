@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 import qdrant_edge as qe
 
 from xrec.store.base import (
@@ -55,6 +56,7 @@ from xrec.store.base import (
     StoreError,
     VectorQuery,
     point_id,
+    unclaimed,
 )
 from xrec.store.combiner import SearchCombiner
 from xrec.store.exact import MIRRORED_FIELDS, ExactMirror
@@ -68,6 +70,7 @@ from xrec.store.points import (
     runnable,
     vector_matrix,
 )
+from xrec.vectors import VectorSpace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,6 +146,15 @@ class EdgeStore:
     # --- protocol --------------------------------------------------------------------------------
     async def ensure_collection(self, dim: int) -> None:
         await self._call("ensure_collection", self._open_sync, dim)
+
+    async def claim_space(self, space: VectorSpace) -> None:
+        """A file beside the shard (``<path>.space.json``) says which vector space its points are in."""
+        claim = self.path.with_name(self.path.name + ".space.json")
+        held = orjson.loads(claim.read_bytes()) if claim.exists() else None
+        if unclaimed(held, space, f"edge store {self.path}"):
+            partial_claim = claim.with_suffix(".tmp")
+            partial_claim.write_bytes(space.to_json())
+            partial_claim.replace(claim)  # whole or absent, never half-written
 
     async def upsert(self, points: Sequence[ItemPoint]) -> None:
         if not points:

@@ -38,6 +38,7 @@ from xrec.store.base import (
     StoreError,
     VectorQuery,
     point_id,
+    unclaimed,
 )
 from xrec.store.points import (
     as_vector,
@@ -49,6 +50,7 @@ from xrec.store.points import (
     runnable,
     vector_matrix,
 )
+from xrec.vectors import VectorSpace
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ _FIELD_SCHEMA = {
     "category": qm.PayloadSchemaType.KEYWORD,
     "available": qm.PayloadSchemaType.BOOL,
 }
+
+
+#: The collection metadata key naming the vector space of its points.
+SPACE_METADATA_KEY = "xrec_space"
 
 
 class QdrantServerStore:
@@ -140,6 +146,15 @@ class QdrantServerStore:
         await self._check_and_index(dim)
         self._dim = dim
         self._ready_done = True
+
+    async def claim_space(self, space: VectorSpace) -> None:
+        """The collection's metadata (``xrec_space``) says which vector space its points are in."""
+        await self._ready()
+        info = await self._call("claim_space", lambda: self.client.get_collection(self.collection))
+        held = (info.config.metadata or {}).get(SPACE_METADATA_KEY)
+        if unclaimed(held, space, f"collection {self.collection} on {self.where}"):
+            metadata = {SPACE_METADATA_KEY: space.to_dict()}
+            await self._call("claim_space", lambda: self.client.update_collection(self.collection, metadata=metadata))
 
     async def upsert(self, points: Sequence[ItemPoint]) -> None:
         if not points:
