@@ -69,19 +69,19 @@ class ItemEncoder:
         )
         await self.producer.start()
         self.dead.producer = self.producer
-        self.consumer.subscribe([rt.topics.items], listener=_FinishBeforeHandingOver(self))
-        await self.consumer.start()
-        await self._check_partitions()
-        log.info(
-            "encoding items from %s into %s (group %s; space %s of %s, dim %d)",
-            rt.topics.items,
-            rt.vectors_topic,
-            self.group,
-            rt.space.fingerprint,
-            rt.space.model,
-            rt.space.dim,
-        )
-        try:
+        try:  # whatever fails from here on stops what was started above
+            self.consumer.subscribe([rt.topics.items], listener=_FinishBeforeHandingOver(self))
+            await self.consumer.start()
+            await self._check_partitions()
+            log.info(
+                "encoding items from %s into %s (group %s; space %s of %s, dim %d)",
+                rt.topics.items,
+                rt.vectors_topic,
+                self.group,
+                rt.space.fingerprint,
+                rt.space.model,
+                rt.space.dim,
+            )
             while True:
                 try:
                     batches = await self.consumer.getmany(timeout_ms=int(settings.batch_within_ms) or 1)

@@ -85,12 +85,12 @@ class ItemIndexer:
         await self.producer.start()
         self.dead.producer = self.producer
         follower = asyncio.ensure_future(self.stats.run())
-        await rt.ensure_started()
-        await self.stats.caught_up.wait()  # a partition's statistics continue from what was published
-        self.consumer.subscribe([rt.vectors_topic], listener=_TakeOverStatistics(self))
-        await self.consumer.start()
-        log.info("indexing encoded items from %s into %s (group %s)", rt.vectors_topic, rt.store.name, self.group)
-        try:
+        try:  # whatever fails from here on stops what was started above
+            await rt.ensure_started()
+            await self.stats.caught_up.wait()  # a partition's statistics continue from what was published
+            self.consumer.subscribe([rt.vectors_topic], listener=_TakeOverStatistics(self))
+            await self.consumer.start()
+            log.info("indexing encoded items from %s into %s (group %s)", rt.vectors_topic, rt.store.name, self.group)
             while True:
                 try:
                     batches = await self.consumer.getmany(timeout_ms=int(settings.batch_within_ms) or 1)
