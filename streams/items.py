@@ -49,7 +49,7 @@ class ItemIndexer:
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         self.runtime = runtime
         self.bootstrap = bootstrap
-        self.group = items_group_id(runtime.settings)
+        self.group = items_group_id(runtime.settings, runtime.space)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.dead = ItemDeadLetters(runtime.metrics, runtime.topics.dlq)

@@ -72,14 +72,15 @@ async def prepare_topics(settings: Settings, bootstrap: str, space: VectorSpace 
     return await create_topics(KafkaConnection.from_settings(settings, bootstrap), topic_specs(settings, space))
 
 
-def items_group_id(settings: Settings) -> str:
-    """The item indexer's consumer group: one per store. Per data directory for ``edge`` (each embedded
-    store must see every item), shared for a Qdrant server (each item indexed once)."""
+def items_group_id(settings: Settings, space: VectorSpace) -> str:
+    """The item indexer's consumer group: one per store and vector space. Per data directory for ``edge`` (each
+    embedded store must see every item), shared for a Qdrant server (each item indexed once). With the space
+    in it, a store re-indexed for another model starts its offsets and its language statistics afresh."""
     if settings.store_backend == "edge":
         where = str(settings.store_dir.resolve() / settings.collection)
     else:
         where = f"{settings.qdrant_url}/{settings.collection}"
-    return f"{settings.app_id}-items-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
+    return f"{settings.app_id}-items-{hashlib.sha1(f'{where}#{space.fingerprint}'.encode()).hexdigest()[:12]}"
 
 
 def encoder_group_id(settings: Settings, space: VectorSpace) -> str:

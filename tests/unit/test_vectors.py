@@ -100,8 +100,10 @@ def test_each_space_has_its_own_compacted_vectors_topic_and_encoding_group_besid
     edge_a = settings.replace(store_path="/data/a")
     edge_b = settings.replace(store_path="/data/b")
     # Two edge stores index separately (two groups) but share one encoding group: each text once.
-    assert items_group_id(edge_a) != items_group_id(edge_b)
+    assert items_group_id(edge_a, SPACE) != items_group_id(edge_b, SPACE)
     assert encoder_group_id(edge_a, SPACE) == encoder_group_id(edge_b, SPACE)
+    # One store indexed for another space is another group: its offsets and statistics start afresh.
+    assert items_group_id(edge_a, SPACE) != items_group_id(edge_a, other)
     spec = {s.name: s for s in topic_specs(settings, SPACE)}[vectors_topic(settings, SPACE)]
     assert spec.partitions == 3  # as many as the items topic: each item keeps its partition number
     assert spec.topic_configs()["cleanup.policy"] == "compact"

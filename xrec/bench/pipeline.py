@@ -565,6 +565,7 @@ class Bench:
         (``streams/language_stats.py``), so the worker ranks in it as it would after indexing the items."""
         from xrec.space import CountedStats, LanguageStats
         from xrec.topics import items_group_id, stats_part_key
+        from xrec.vectors import VectorSpace
 
         stats = LanguageStats(catalog.dim)
         langs = np.asarray(catalog.langs)
@@ -574,7 +575,8 @@ class Bench:
             for lang in np.unique(langs[start:stop]):
                 stats.add(str(lang), vectors[langs[start:stop] == lang])
         self.topics_for(settings)
-        key = stats_part_key(items_group_id(settings), 0).encode()
+        space = VectorSpace.precomputed(catalog.dim)  # the bench's workers run without an encoder
+        key = stats_part_key(items_group_id(settings, space), 0).encode()
         run_async(
             produce(self.kafka_kwargs, settings.topic_language_stats, [(key, CountedStats(stats, -1).to_bytes())])
         )
