@@ -44,7 +44,7 @@ RECOUNT_EVERY_S = 5.0
 
 
 class ItemIndexer:
-    """Consumes the items topic and keeps the store current; a bad record goes to the DLQ."""
+    """Consumes the encoded items of its vector space and keeps the store current; a bad record goes to the DLQ."""
 
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         self.runtime = runtime
