@@ -169,6 +169,15 @@ async def test_a_store_keeps_the_vector_space_it_was_claimed_for_and_refuses_ano
     assert await reopened.count() == 1
 
 
+async def test_an_unreadable_space_claim_of_an_edge_store_is_a_store_error(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "items", dim=DIM)
+    await store.ensure_collection(DIM)
+    (tmp_path / "items.space.json").write_text("{half")
+    with pytest.raises(StoreError, match=r"items\.space\.json"):
+        await store.claim_space(VectorSpace.precomputed(DIM))
+    await store.close()
+
+
 async def test_upsert_then_query_finds_the_nearest_item_first(store: VectorStore) -> None:
     await store.upsert([item("x", axis(0)), item("y", axis(1)), item("xy", unit(1, 1)), item("z", axis(2))])
     [hits] = await store.query_batch([VectorQuery(unit(1, 0.2), limit=3)])

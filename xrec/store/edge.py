@@ -150,7 +150,12 @@ class EdgeStore:
     async def claim_space(self, space: VectorSpace) -> None:
         """A file beside the shard (``<path>.space.json``) says which vector space its points are in."""
         claim = self.path.with_name(self.path.name + ".space.json")
-        held = orjson.loads(claim.read_bytes()) if claim.exists() else None
+        try:
+            held = orjson.loads(claim.read_bytes()) if claim.exists() else None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise StoreError(
+                f"edge store {self.path}: cannot read {claim} ({exc}); remove it to claim the store again"
+            ) from None
         if unclaimed(held, space, f"edge store {self.path}"):
             partial_claim = claim.with_suffix(".tmp")
             partial_claim.write_bytes(space.to_json())
