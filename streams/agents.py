@@ -33,7 +33,7 @@ from streams.offsets import OffsetLedger
 from streams.runtime import Runtime
 from streams.supervision import ConsumerLoopError
 from streams.tables import ProfileTable, held_profiles
-from xrec.events import ForgetUser, Interaction, RecordError, parse_control, parse_event
+from xrec.events import Event, ForgetUser, RecordError, parse_control, parse_event
 from xrec.pipeline import EventBatchResult
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class _Unit:
     """One run of the engine (a batch, a retry, a control record): the messages it settles and what it wrote."""
 
     id: int
-    messages: list[tuple[Any, Interaction | None]] = field(default_factory=list)
+    messages: list[tuple[Any, Event | None]] = field(default_factory=list)
     writes: list[Any] = field(default_factory=list)
 
 
@@ -202,7 +202,7 @@ class EventPipeline:
         rt = self.runtime
         topics = rt.topics
         unit = _Unit(next(self._ids))
-        interactions: list[Interaction] = []
+        interactions: list[Event] = []
         sources: list[Any] = []  # the message of each interaction, for the DLQ if the batch fails
         with self.metrics.time_stage("decode"):
             for event in batch:
@@ -266,7 +266,7 @@ class EventPipeline:
             self._in_flight.release()
 
     async def _dead_batch(
-        self, unit: _Unit, exc: Exception, parsed: list[tuple[Any, Interaction]], carried: list[Interaction]
+        self, unit: _Unit, exc: Exception, parsed: list[tuple[Any, Event]], carried: list[Event]
     ) -> None:
         """The engine raised: exactly the events it was given go to the DLQ (and are counted) once."""
         log.exception("event batch failed; sending its %d events to the DLQ", len(parsed) + len(carried))

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from xrec.events import Interaction, dlq_record
+from xrec.events import Event, dlq_record
 from xrec.metrics import XrecMetrics
 
 
@@ -31,7 +31,7 @@ class DeadSource:
         return cls(message.topic, message.partition, message.offset, message.key, message.value)
 
     @classmethod
-    def of_event(cls, topic: str, event: Interaction) -> DeadSource:
+    def of_event(cls, topic: str, event: Event) -> DeadSource:
         return cls(topic, None, None, event.user_id.encode(), event.to_json())
 
 

@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xrec.events import Interaction
+from xrec.events import Event
 
 
 @dataclass
 class _Held:
     message: Any
     batch: int
-    event: Interaction | None  # the event parsed from it, when it reached the engine
+    event: Event | None  # the event parsed from it, when it reached the engine
 
 
 @dataclass
@@ -42,13 +42,13 @@ class OffsetLedger:
     """Held messages per partition, in read order; ``ack`` commits one (Faust's ``message.ack(consumer)``)."""
 
     ack: Callable[[Any], None]
-    is_waiting: Callable[[Interaction], bool]
+    is_waiting: Callable[[Event], bool]
     _held: dict[Any, deque[_Held]] = field(default_factory=dict)
     _delivered: set[int] = field(default_factory=set)
     _unacked: dict[int, int] = field(default_factory=dict)  # batch -> its messages still held
     _given_up: dict[Any, int] = field(default_factory=dict)  # partition -> consumer generation given up
 
-    def hold(self, batch: int, messages: Iterable[tuple[Any, Interaction | None]]) -> int:
+    def hold(self, batch: int, messages: Iterable[tuple[Any, Event | None]]) -> int:
         """Hold a batch's messages until they may be acked; returns how many were given up at once
         (read after a given-up one of the same partition and generation)."""
         given_up = 0
@@ -82,7 +82,7 @@ class OffsetLedger:
                 del self._held[tp]
         return acked
 
-    def move(self, events: Iterable[Interaction], batch: int) -> None:
+    def move(self, events: Iterable[Event], batch: int) -> None:
         """Events held in an earlier batch (they waited for their item) were applied or dead-lettered in
         ``batch``: their messages may be acked only once *that* batch's writes are in Kafka."""
         ids = {id(event) for event in events}
@@ -98,7 +98,7 @@ class OffsetLedger:
                     held.batch = batch
                     self._unacked[batch] = self._unacked.get(batch, 0) + 1
 
-    def give_up(self, generation: int, unread: Iterable[Any] = ()) -> list[Interaction]:
+    def give_up(self, generation: int, unread: Iterable[Any] = ()) -> list[Event]:
         """Let go of every held message, and of ``unread`` ones (read but not in a batch yet), without
         committing them; returns the waiting events among them (the engine must drop them: their
         messages will be read again)."""

@@ -214,6 +214,7 @@ class Settings:
     max_record_bytes: int = _setting(1_000_000, "Records larger than this go to the DLQ.")
     max_text_chars: int = _setting(20_000, "Longer titles, bodies and review texts go to the DLQ.")
     max_tags: int = _setting(64, "Items with more tags go to the DLQ.")
+    max_impression_items: int = _setting(100, "Impression events showing more items go to the DLQ.")
 
     # --- user model --------------------------------------------------------------------------
     interests_k: int = _setting(6, "Interest centroids kept per user.")
@@ -249,6 +250,22 @@ class Settings:
     freshness_half_life_hours: float = _setting(48.0, "Half-life of the freshness bonus.")
     trending_weight: float = _setting(
         0.05, "Score bonus for items clicked a lot recently (decayed clicks relative to the most clicked item)."
+    )
+    ctr_weight: float = _setting(
+        0.05,
+        "Weight of an item's real-time click-through lift, log(item rate / its language's rate), learned from "
+        "impression events (0: off; no impressions: no effect).",
+    )
+    ctr_half_life_hours: float = _setting(
+        168.0, "Half-life of the impressions and clicks behind click-through rates (a week: chosen on MIND)."
+    )
+    ctr_prior_impressions: float = _setting(
+        20.0, "Impressions' worth of the language's rate every item's click-through rate starts from."
+    )
+    fatigue_weight: float = _setting(
+        0.02,
+        "Score taken off per doubling of the times an item was shown to a user who never took it "
+        "(log2(1 + times shown); from impression events).",
     )
     mmr_lambda: float = _setting(
         1.0,
@@ -294,6 +311,10 @@ class Settings:
             )
         if self.consumer_max_failures < 1:
             raise SettingsError("XREC_CONSUMER_MAX_FAILURES must be at least 1")
+        if self.max_impression_items < 1:
+            raise SettingsError("XREC_MAX_IMPRESSION_ITEMS must be at least 1")
+        if self.ctr_half_life_hours <= 0 or self.ctr_prior_impressions <= 0:
+            raise SettingsError("XREC_CTR_HALF_LIFE_HOURS and XREC_CTR_PRIOR_IMPRESSIONS must be positive")
         if self.token_budget < 0:
             raise SettingsError("XREC_TOKEN_BUDGET must be 0 (automatic) or a positive number of tokens")
         for name in ("partitions", "item_partitions"):

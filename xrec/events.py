@@ -33,6 +33,7 @@ REASONS = (
     "bad_timestamp",
     "text_too_long",
     "too_many_tags",
+    "too_many_items",
     "bad_vector",
     "bad_vector_record",
     "other_vector_space",
@@ -72,10 +73,17 @@ class Limits:
     max_text_chars: int = 20_000
     max_tags: int = 64
     vector_dim: int | None = None
+    max_impression_items: int = 100
 
     @classmethod
     def from_settings(cls, settings: Settings, vector_dim: int | None = None) -> Limits:
-        return cls(settings.max_record_bytes, settings.max_text_chars, settings.max_tags, vector_dim)
+        return cls(
+            settings.max_record_bytes,
+            settings.max_text_chars,
+            settings.max_tags,
+            vector_dim,
+            settings.max_impression_items,
+        )
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -141,6 +149,50 @@ class Interaction:
                 "lang": self.lang,
             }
         )
+
+
+IMPRESSION = "impression"
+#: Largest position an impression may report (a page deeper than this is a broken producer).
+MAX_POSITION = 100_000
+
+
+@dataclass(frozen=True)
+class Impression:
+    """Items shown to a user (an event of the events topic with ``"type": "impression"``).
+
+    What the user passed over is as telling as what they took: impressions feed the items' real-time
+    click-through rates and the user's fatigue with items shown often and never taken. ``list_id``
+    names the published list they came from, when it was xrec's.
+    """
+
+    event_id: str
+    user_id: str
+    item_ids: tuple[str, ...]
+    ts: int
+    positions: tuple[int, ...] | None = None
+    list_id: str | None = None
+
+    @property
+    def type(self) -> str:
+        return IMPRESSION
+
+    def to_json(self) -> bytes:
+        """The event as the events topic carries it (what ``parse_event`` reads back)."""
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "user_id": self.user_id,
+                "type": IMPRESSION,
+                "item_ids": list(self.item_ids),
+                "positions": None if self.positions is None else list(self.positions),
+                "list_id": self.list_id,
+                "ts": self.ts,
+            }
+        )
+
+
+#: A record of the events topic: something a user did with one item, or what they were shown.
+Event = Interaction | Impression
 
 
 @dataclass(frozen=True)
@@ -215,17 +267,20 @@ def parse_item(raw: bytes | str | None, limits: Limits) -> ItemRecord:
     )
 
 
-def parse_event(raw: bytes | str | None, limits: Limits) -> Interaction:
+def parse_event(raw: bytes | str | None, limits: Limits) -> Event:
     """A record of the events topic. A missing ``event_id`` is derived from the event's content."""
     obj = decode_json_object(raw, limits)
     user_id = _id(obj, "user_id")
-    item_id = _id(obj, "item_id")
     etype = obj.get("type")
     if etype is None:
         raise RecordError("missing_field", "missing field 'type'")
+    if etype == IMPRESSION:
+        return _impression(obj, user_id, limits)
+    item_id = _id(obj, "item_id")
     if etype not in EVENT_TYPES:
         raise RecordError(
-            "unknown_event_type", f"unknown event type {str(etype)[:40]!r}; expected one of {', '.join(EVENT_TYPES)}"
+            "unknown_event_type",
+            f"unknown event type {str(etype)[:40]!r}; expected one of {', '.join((*EVENT_TYPES, IMPRESSION))}",
         )
     if obj.get("ts") is None:
         raise RecordError("missing_field", "missing field 'ts'")
@@ -250,6 +305,40 @@ def parse_event(raw: bytes | str | None, limits: Limits) -> Interaction:
         rating=rating,
         lang=_lang(obj.get("lang")),
     )
+
+
+def _impression(obj: dict[str, Any], user_id: str, limits: Limits) -> Impression:
+    """An impression: distinct item ids (at most ``max_impression_items``), optional positions and list id."""
+    raw_ids = obj.get("item_ids")
+    if raw_ids is None:
+        raise RecordError("missing_field", "an impression needs 'item_ids', the items shown")
+    if not isinstance(raw_ids, list) or not raw_ids:
+        raise RecordError("wrong_type", "item_ids must be a non-empty list of item ids")
+    if len(raw_ids) > limits.max_impression_items:
+        raise RecordError("too_many_items", f"{len(raw_ids)} items shown; the limit is {limits.max_impression_items}")
+    item_ids = tuple(_id({"item_id": v}, "item_id") for v in raw_ids)
+    if len(set(item_ids)) != len(item_ids):
+        twice = next(i for i in item_ids if item_ids.count(i) > 1)
+        raise RecordError("invalid_value", f"item {twice[:60]!r} is shown twice in one impression")
+    positions = None
+    raw_positions = obj.get("positions")
+    if raw_positions is not None:
+        if not isinstance(raw_positions, list) or len(raw_positions) != len(item_ids):
+            raise RecordError("wrong_type", "positions must be a list with one position per item id")
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= MAX_POSITION for p in raw_positions):
+            raise RecordError("invalid_value", f"positions must be whole numbers from 0 to {MAX_POSITION}")
+        if len(set(raw_positions)) != len(raw_positions):
+            raise RecordError("invalid_value", "two items are shown at the same position")
+        positions = tuple(raw_positions)
+    list_id = _id(obj, "list_id") if obj.get("list_id") is not None else None
+    if obj.get("ts") is None:
+        raise RecordError("missing_field", "missing field 'ts'")
+    ts = parse_timestamp(obj["ts"])
+    if obj.get("event_id") is not None:
+        event_id = _id(obj, "event_id")
+    else:
+        event_id = derive_event_id(user_id, "\x1e".join(item_ids), IMPRESSION, ts)
+    return Impression(event_id, user_id, item_ids, ts, positions, list_id)
 
 
 def parse_control(raw: bytes | str | None, limits: Limits) -> ControlCommand:
@@ -381,10 +470,13 @@ class RecommendationList:
     strategy: str
     items: tuple[RecommendedItem, ...]
     variant: str = "A"
+    #: Names this list, so the impression events of what a client showed from it can refer to it.
+    list_id: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(
             {
+                "list_id": self.list_id,
                 "user_id": self.user_id,
                 "generated_at": self.generated_at,
                 "trigger_event_id": self.trigger_event_id,
@@ -406,6 +498,7 @@ class RecommendationList:
             trigger_event_id=obj.get("trigger_event_id"),
             strategy=obj["strategy"],
             variant=obj.get("variant", "A"),
+            list_id=obj.get("list_id"),
             items=tuple(RecommendedItem(i["item_id"], i["score"], i["lang"], i.get("because")) for i in obj["items"]),
         )
 

@@ -26,14 +26,14 @@ from prometheus_client.exposition import choose_encoder
 
 from xrec import __version__
 from xrec.config import EVENT_TYPES, Settings
-from xrec.events import REASONS
+from xrec.events import IMPRESSION, REASONS
 from xrec.langid import SOURCES as LANGUAGE_SOURCES
 
 log = logging.getLogger(__name__)
 
 #: ``type`` label of events whose type could not be read (malformed records still count as input).
 UNKNOWN_EVENT_TYPE = "unknown"
-EVENT_TYPE_LABELS = (*EVENT_TYPES, UNKNOWN_EVENT_TYPE)
+EVENT_TYPE_LABELS = (*EVENT_TYPES, IMPRESSION, UNKNOWN_EVENT_TYPE)
 #: ``forgotten``: events still waiting for their item when ``forget_user`` erased their user.
 EVENT_OUTCOMES = ("processed", "duplicate", "dlq", "forgotten")
 ITEM_OUTCOMES = ("encoded", "upserted", "deleted", "dlq")
@@ -287,7 +287,7 @@ class XrecMetrics:
         """Count records of the events topic; an unreadable or unknown type counts as ``unknown``."""
         if outcome not in EVENT_OUTCOMES:
             raise ValueError(f"event outcome {outcome!r} is not one of {EVENT_OUTCOMES}")
-        label = event_type if event_type in EVENT_TYPES else UNKNOWN_EVENT_TYPE
+        label = event_type if event_type in EVENT_TYPE_LABELS else UNKNOWN_EVENT_TYPE
         self.events.labels(type=label, outcome=outcome).inc(count)
 
     def item(self, outcome: str, count: int = 1) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -20,6 +21,8 @@ import numpy as np
 
 from xrec.config import Settings
 from xrec.events import (
+    Event,
+    Impression,
     Interaction,
     ItemDelete,
     ItemRecord,
@@ -27,6 +30,7 @@ from xrec.events import (
     RecommendationList,
     RecordError,
 )
+from xrec.exposure import ClickThrough
 from xrec.langid import UNDETERMINED, LanguageResolver
 from xrec.metrics import XrecMetrics
 from xrec.profile import ProfileParams, UserProfile, event_weight, review_vector
@@ -109,8 +113,8 @@ class ItemBatchResult:
 
 @dataclass
 class EventBatchResult:
-    processed: list[Interaction] = field(default_factory=list)
-    duplicates: list[Interaction] = field(default_factory=list)
+    processed: list[Event] = field(default_factory=list)
+    duplicates: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     waiting: int = 0  # events held for an item that has not arrived yet
     lists: list[RecommendationList] = field(default_factory=list)
@@ -128,7 +132,7 @@ class WaitingEvents:
     """
 
     def __init__(self) -> None:
-        self._since: dict[int, tuple[Interaction, float]] = {}
+        self._since: dict[int, tuple[Event, float]] = {}
 
     def __len__(self) -> int:
         return len(self._since)
@@ -136,31 +140,36 @@ class WaitingEvents:
     def __contains__(self, event: object) -> bool:
         return id(event) in self._since
 
-    def events(self) -> list[Interaction]:
+    def events(self) -> list[Event]:
         return [event for event, _ in self._since.values()]
 
-    def since(self, event: Interaction, default: float) -> float:
+    def since(self, event: Event, default: float) -> float:
         entry = self._since.get(id(event))
         return entry[1] if entry is not None else default
 
-    def keep(self, event: Interaction, since_ms: float) -> None:
+    def keep(self, event: Event, since_ms: float) -> None:
         self._since[id(event)] = (event, since_ms)
 
-    def drop_all(self) -> list[Interaction]:
+    def drop_all(self) -> list[Event]:
         """Let go of every waiting event (the caller dead-letters them, or their messages are read again)."""
         events = self.events()
         self._since.clear()
         return events
 
-    def drop_user(self, user_id: str) -> list[Interaction]:
+    def drop_user(self, user_id: str) -> list[Event]:
         gone = [event for event, _ in self._since.values() if event.user_id == user_id]
         for event in gone:
             del self._since[id(event)]
         return gone
 
-    def drop(self, events: Sequence[Interaction]) -> None:
+    def drop(self, events: Sequence[Event]) -> None:
         for event in events:
             self._since.pop(id(event), None)
+
+
+def _items_of(event: Event) -> tuple[str, ...]:
+    """The items an event needs in the catalog before it can be applied."""
+    return event.item_ids if isinstance(event, Impression) else (event.item_id,)
 
 
 class Recommender:
@@ -188,6 +197,7 @@ class Recommender:
         self.weights = settings.weights
         self.cache = ItemCache(settings.item_cache_size)
         self.popularity = Popularity()
+        self.exposure = ClickThrough(settings.ctr_half_life_hours, settings.ctr_prior_impressions)
         self.space = LanguageSpace(self.dim, settings.vector_space)
         self.languages = LanguageResolver(settings.language_detection)
         self.waiting = WaitingEvents()
@@ -242,6 +252,7 @@ class Recommender:
             for item_id in deletes:
                 self.cache.discard(item_id)
                 self.popularity.discard(item_id)
+                self.exposure.discard(item_id)
         result.upserted, result.deleted = len(points), len(deletes)
         return result
 
@@ -287,13 +298,13 @@ class Recommender:
                 self.space.count(part, lang, np.stack(vectors), sign)
 
     # --- events ------------------------------------------------------------------------------
-    async def handle_events(self, events: Sequence[Interaction], profiles: ProfileTable) -> EventBatchResult:
+    async def handle_events(self, events: Sequence[Event], profiles: ProfileTable) -> EventBatchResult:
         """Update every touched profile, then build one list per touched user."""
         result = await self.apply_events(events, profiles)
         result.lists = await self.recommend(result.changed, result.triggers)
         return result
 
-    async def apply_events(self, events: Sequence[Interaction], profiles: ProfileTable) -> EventBatchResult:
+    async def apply_events(self, events: Sequence[Event], profiles: ProfileTable) -> EventBatchResult:
         """The first half of ``handle_events``: every touched profile updated and written, no lists yet.
 
         A worker builds the lists (``recommend``, whose store search runs off the event loop) while it
@@ -304,43 +315,55 @@ class Recommender:
         earlier = self.waiting
         batch = [*earlier.events(), *events]
         with self._stage("query"):
-            known = await self._item_meta({e.item_id for e in batch})
-        ready: list[Interaction] = []
+            known = await self._item_meta({i for e in batch for i in _items_of(e)})
+        ready: list[Event] = []
         still = WaitingEvents()  # replaces ``self.waiting`` in one step: readers never see a half-built set
         for event in batch:
             since = earlier.since(event, now)
-            if event.item_id in known:
+            unknown = [i for i in _items_of(event) if i not in known]
+            if not unknown:
                 ready.append(event)
             elif now - since >= self.settings.unknown_item_wait_s * 1000:
-                reason = f"item {event.item_id!r} is not in the catalog (waited {self.settings.unknown_item_wait_s:g}s)"
+                reason = f"item {unknown[0]!r} is not in the catalog (waited {self.settings.unknown_item_wait_s:g}s)"
                 result.rejected.append(Rejected(event, RecordError("unknown_item", reason)))
             else:
                 still.keep(event, since)
         self.waiting = still
         result.waiting = len(still)
         space = self.space.view()
-        texts = await self._encode_reviews(ready, space)
+        interactions = [e for e in ready if isinstance(e, Interaction)]
+        texts = await self._encode_reviews(interactions, space)
 
         profiles_now: dict[str, UserProfile] = {}
-        triggers: dict[str, Interaction] = {}  # the latest processed event of each changed user
+        triggers: dict[str, Interaction] = {}  # the latest processed interaction of each changed user
+        written: set[str] = set()  # users whose profile changed (an impression changes one without a list)
         # A redelivered event is answered again (its profile is left as it is): the worker that applied it
         # may have died after writing the profile change and before sending the list.
         redelivered: dict[str, Interaction] = {}
         with self._stage("profile"):
-            metas = [known[event.item_id] for event in ready]
-            neutral = space.neutral(np.asarray([m.vector for m in metas]), [m.lang for m in metas]) if ready else ()
-            for event, meta, item_vec in zip(ready, metas, neutral, strict=True):
+            metas = [known[event.item_id] for event in interactions]
+            neutral: dict[int, np.ndarray] = {}
+            if interactions:
+                vectors = space.neutral(np.asarray([m.vector for m in metas]), [m.lang for m in metas])
+                neutral = dict(zip(map(id, interactions), vectors, strict=True))
+            for event in ready:
                 profile = profiles_now.get(event.user_id)
                 if profile is None:
                     profile = profiles_now[event.user_id] = self._load(profiles, event.user_id.encode(), space)
                 if not profile.remember_event(event.event_id, self.dedup_window):
                     result.duplicates.append(event)
-                    redelivered[event.user_id] = event
+                    if isinstance(event, Interaction):
+                        redelivered[event.user_id] = event
                     continue
-                self._apply(profile, event, meta, item_vec, texts.get(event.event_id))
-                triggers[event.user_id] = event
+                if isinstance(event, Impression):
+                    self._shown(profile, event, [known[i].lang for i in event.item_ids])
+                else:
+                    meta = known[event.item_id]
+                    self._apply(profile, event, meta, neutral[id(event)], texts.get(event.event_id))
+                    triggers[event.user_id] = event
+                written.add(event.user_id)
                 result.processed.append(event)
-            for user_id in triggers:
+            for user_id in written:
                 profiles[user_id.encode()] = profiles_now[user_id].to_bytes()
         answers = {**{u: e for u, e in redelivered.items() if u not in triggers}, **triggers}
         result.changed = {u: profiles_now[u] for u in answers}
@@ -369,8 +392,11 @@ class Recommender:
         lists: list[RecommendationList] = []
         with self._stage("rank"):
             trend = self.popularity.trend(columns.item_ids) if self.rank_params.trending_weight else None
+            ctr = self._click_through(columns.item_ids, columns.payload.get("lang") or [])
             profiles = [users[u] for u in warm]
-            ranked = rank_many(profiles, columns, spans, self.rank_params, self.profile_params, int(now), trend, space)
+            ranked = rank_many(
+                profiles, columns, spans, self.rank_params, self.profile_params, int(now), trend, space, ctr
+            )
             for user_id, items in zip(warm, ranked, strict=True):
                 lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))
             for user_id, profile in users.items():
@@ -393,8 +419,16 @@ class Recommender:
             neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
             [centroids] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
         trend = self.popularity.trend(cands.ids) if params.trending_weight else None
-        scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space, centroids)
+        ctr = self._click_through(cands.ids, cands.langs)
+        scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space, centroids, ctr)
         return scores
+
+    def _click_through(self, item_ids: Sequence[str], langs: Sequence[Any]) -> dict[str, float] | None:
+        """Click-through lift by item id, or None when it does not count (off, or no impression yet)."""
+        if not self.rank_params.ctr_weight or not self.exposure.total.shown:
+            return None
+        named = [str(lang) if lang is not None else UNDETERMINED for lang in langs] or [UNDETERMINED] * len(item_ids)
+        return dict(zip(item_ids, self.exposure.lift(item_ids, named).tolist(), strict=True))
 
     async def _search(
         self, profiles: list[UserProfile], space: NeutralSpace
@@ -453,6 +487,13 @@ class Recommender:
         profile.observe(vector, weight, ts, event.item_id, meta.lang, self.profile_params, dislike=disliked)
         if weight > 0:
             self.popularity.add(event.item_id, meta.lang, ts, weight)
+            self.exposure.clicked(event.item_id, meta.lang, ts)
+
+    def _shown(self, profile: UserProfile, impression: Impression, langs: list[str]) -> None:
+        """One impression: the user's fatigue with each item, and the items' click-through counts."""
+        ts = min(impression.ts, int(self.clock_ms()) + 60_000)
+        profile.was_shown(impression.item_ids, self.profile_params)
+        self.exposure.shown(impression.item_ids, langs, ts)
 
     def load_profile(self, profiles: ProfileTable, user_id: str) -> UserProfile:
         """A user's profile as the engine would use it now (empty if none)."""
@@ -510,6 +551,7 @@ class Recommender:
             trigger_event_id=trigger.event_id if trigger else None,
             strategy=strategy,
             items=tuple(items),
+            list_id=secrets.token_hex(8),
         )
 
     def _stage(self, name: str) -> Any:

@@ -65,6 +65,8 @@ class UserProfile:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     disliked: OrderedDict[str, None] = field(default_factory=OrderedDict)
     languages: dict[str, float] = field(default_factory=dict)
+    #: Items shown to the user (impression events) and not taken since, with how often: fatigue.
+    shown: OrderedDict[str, int] = field(default_factory=OrderedDict)
     event_ids: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # 8-byte event fingerprints
     last_ts: int = 0
     events: int = 0
@@ -99,6 +101,10 @@ class UserProfile:
         total = sum(self.languages.values())
         return {lang: w / total for lang, w in self.languages.items()} if total > 0 else {}
 
+    def times_shown(self, item_ids: list[str]) -> np.ndarray:
+        """How often each item was shown to this user without being taken."""
+        return np.asarray([self.shown.get(i, 0) for i in item_ids], np.float64)
+
     def excluded_ids(self) -> list[str]:
         return list(self.seen) + [i for i in self.disliked if i not in self.seen]
 
@@ -127,6 +133,15 @@ class UserProfile:
         self._remember(self.event_ids, fingerprint, window)
         return True
 
+    def was_shown(self, item_ids: tuple[str, ...], params: ProfileParams) -> None:
+        """An impression: each item not taken yet is one more time shown (the oldest forgotten first)."""
+        for item_id in item_ids:
+            if item_id in self.seen:
+                continue
+            self.shown[item_id] = self.shown.pop(item_id, 0) + 1
+            while len(self.shown) > params.seen_max:
+                self.shown.popitem(last=False)
+
     def observe(
         self,
         vector: np.ndarray,
@@ -141,6 +156,7 @@ class UserProfile:
         w = self._advance_clock(ts, params) * abs(weight)
         self.events += 1
         self._remember(self.seen, item_id, params.seen_max)
+        self.shown.pop(item_id, None)  # taken (or refused): no longer passed over
         if weight > 0:
             self._add_interest(vector, w, item_id, params)
             if item_lang:
@@ -232,6 +248,7 @@ class UserProfile:
                 "d": list(self.disliked),
                 "x": len(self.event_ids),
                 "l": self.languages,
+                "sh": list(self.shown.items()),
                 "t": self.last_ts,
                 "e": self.events,
                 "n": self.negative is not None,
@@ -269,6 +286,7 @@ class UserProfile:
             disliked=OrderedDict.fromkeys(meta["d"]),
             event_ids=OrderedDict.fromkeys(event_ids),
             languages=dict(meta["l"]),
+            shown=OrderedDict((str(i), int(n)) for i, n in meta.get("sh", ())),
             last_ts=int(meta["t"]),
             events=int(meta["e"]),
             neutral=bool(meta.get("sp", 0)),

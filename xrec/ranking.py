@@ -5,6 +5,7 @@ The score of a candidate x for a user with interests c_k (importances r_k) is
     attention_k = softmax_k(τ·cos(x, c_k) + log r_k)        (which interest x speaks to)
     interest    = Σ_k attention_k · (cos(x, c_k) + (log r_k − Σ_j π_j log r_j)/τ)     (π = r / Σ r)
     score       = interest − β·strength·cos(x, dislikes) + γ·affinity(lang x) + φ·freshness(x) + ρ·trend(x)
+                  + κ·ctr_lift(x) − η·log2(1 + times x was shown to the user untaken)
 
 τ → ∞ is "best matching interest"; τ = 0 is the classic mean-of-history user (importance is then the
 weight of the mean). The log r/τ term prices a match by its interest's importance: without it a match of
@@ -50,6 +51,8 @@ class RankParams:
     freshness_weight: float = _DEFAULTS.freshness_weight
     freshness_half_life_hours: float = _DEFAULTS.freshness_half_life_hours
     trending_weight: float = _DEFAULTS.trending_weight
+    ctr_weight: float = _DEFAULTS.ctr_weight
+    fatigue_weight: float = _DEFAULTS.fatigue_weight
     mmr_lambda: float = _DEFAULTS.mmr_lambda
     query_expansion: int = _DEFAULTS.query_expansion
 
@@ -65,6 +68,8 @@ class RankParams:
             freshness_weight=s.freshness_weight,
             freshness_half_life_hours=s.freshness_half_life_hours,
             trending_weight=s.trending_weight,
+            ctr_weight=s.ctr_weight,
+            fatigue_weight=s.fatigue_weight,
             mmr_lambda=s.mmr_lambda,
             query_expansion=s.query_expansion,
         )
@@ -154,15 +159,16 @@ def score_candidates(
     trend: Mapping[str, float] | None = None,
     space: NeutralSpace | None = None,
     centroids: np.ndarray | None = None,
+    ctr: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Relevance of every candidate, and the index of the interest each one answers (for ``because``).
 
     ``space`` is the engine's current neutral space; None scores the vectors as they are. ``centroids``
-    replace the profile's interests (``expand_interests``).
+    replace the profile's interests (``expand_interests``). ``ctr``: click-through lift by item id.
     """
     if not len(cands):
         return np.zeros(0), np.zeros(0, np.int64)
-    table = CandidateTable.of(cands, params, trend, space)
+    table = CandidateTable.of(cands, params, trend, space, ctr)
     own = [centroids] if centroids is not None else None
     score, interest_of = table.score([profile], None, params, profile_params, now_ms, own)
     return score[0], interest_of[0]
@@ -226,6 +232,7 @@ def rank(
     now_ms: int,
     trend: Mapping[str, float] | None = None,
     space: NeutralSpace | None = None,
+    ctr: Mapping[str, float] | None = None,
 ) -> list[RecommendedItem]:
     """The published list: scored, diversified, each item explained by the user's item behind it.
 
@@ -241,7 +248,7 @@ def rank(
             langs=[cands.langs[i] for i in keep],
             ts=cands.ts[keep],
         )
-    table = CandidateTable.of(cands, params, trend, space)
+    table = CandidateTable.of(cands, params, trend, space, ctr)
     return table.rank([profile], [np.arange(len(cands))], params, profile_params, now_ms)[0]
 
 
@@ -254,12 +261,13 @@ def rank_many(
     now_ms: int,
     trend: Mapping[str, float] | None = None,
     space: NeutralSpace | None = None,
+    ctr: Mapping[str, float] | None = None,
 ) -> list[list[RecommendedItem]]:
     """``rank`` for many users at once: user u's candidates are the answers to queries ``spans[u]`` of
     one batch, whose distinct items are prepared once for everyone. Those are the user's
     ``candidate_queries``, which carry their seen and disliked items as exclusions: the store has
     already left them out, so unlike ``rank`` this does not filter them again."""
-    table = CandidateTable.of(Candidates.from_columns(columns), params, trend, space)
+    table = CandidateTable.of(Candidates.from_columns(columns), params, trend, space, ctr)
     rows = [union_of_answers(columns.per_query[start:stop]) for start, stop in spans]
     centroids = expand_interests(profiles, columns, spans, table.neutral, params.query_expansion)
     return table.rank(profiles, rows, params, profile_params, now_ms, centroids)
@@ -337,15 +345,22 @@ class CandidateTable:
     cands: Candidates
     neutral: np.ndarray  # (n, dim) unit vectors in the neutral space: scored against interests, compared by MMR
     trend: np.ndarray | None  # (n,) popularity relative to the top item, when trending counts
+    ctr: np.ndarray | None = None  # (n,) click-through lift (``xrec.exposure``), when it counts
 
     @classmethod
     def of(
-        cls, cands: Candidates, params: RankParams, trend: Mapping[str, float] | None, space: NeutralSpace | None
+        cls,
+        cands: Candidates,
+        params: RankParams,
+        trend: Mapping[str, float] | None,
+        space: NeutralSpace | None,
+        ctr: Mapping[str, float] | None = None,
     ) -> CandidateTable:
         return cls(
             cands=cands,
             neutral=space.neutral(cands.vectors, cands.langs) if space is not None else cands.vectors,
             trend=np.asarray([trend.get(i, 0.0) for i in cands.ids]) if params.trending_weight and trend else None,
+            ctr=np.asarray([ctr.get(i, 0.0) for i in cands.ids]) if params.ctr_weight and ctr else None,
         )
 
     def rank(
@@ -476,6 +491,13 @@ class CandidateTable:
             score += params.freshness_weight * np.where(ts > 0, np.exp2(-age_h / params.freshness_half_life_hours), 0.0)
         if self.trend is not None:
             score += params.trending_weight * self.trend[at]
+        if self.ctr is not None:
+            score += params.ctr_weight * self.ctr[at]
+        if params.fatigue_weight:
+            for u, profile in enumerate(profiles):
+                if profile.shown:
+                    shown = profile.times_shown([cands.ids[r] for r in at[u]])
+                    score[u] -= params.fatigue_weight * np.log2(1.0 + shown)
         # The interest a candidate answers (``because``): the one its attention goes to, or at temperature 0
         # (every candidate attends alike, by importance) the one it is nearest.
         answered = attention if params.interest_temperature > 0 else np.where(missing[:, None, :], -np.inf, sims)

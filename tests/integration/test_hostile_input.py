@@ -56,6 +56,10 @@ def event(event_id: str, user: str, item: str = "I0", etype: str = "click", **ex
     return {"event_id": event_id, "user_id": user, "item_id": item, "type": etype, "ts": _now() - 60_000, **extra}
 
 
+def impression(event_id: str, user: str, items: list[str]) -> dict[str, Any]:
+    return {"event_id": event_id, "user_id": user, "type": "impression", "item_ids": items, "ts": _now() - 60_000}
+
+
 def raw_event(event_id: str, ts: str) -> bytes:
     """An event whose ``ts`` is written as raw JSON text (NaN, Infinity, 1e400 cannot come from orjson)."""
     return (f'{{"event_id":"{event_id}","user_id":"U-{event_id}","item_id":"I0","type":"click","ts":{ts}}}').encode()
@@ -166,6 +170,50 @@ def hostile_cases() -> list[Case]:
             b"k-type",
             orjson.dumps(event("t", "H", etype="teleport")),
             "unknown_event_type",
+        ),
+        Case(
+            "impression of 100,000 items",
+            "events",
+            b"k-imp-huge",
+            orjson.dumps(impression("imp-huge", "H", [f"I{n}" for n in range(100_000)])),
+            "too_large",
+        ),
+        Case(
+            "impression of more items than XREC_MAX_IMPRESSION_ITEMS",
+            "events",
+            b"k-imp-many",
+            orjson.dumps(impression("imp-many", "H", [f"I{n}" for n in range(101)])),
+            "too_many_items",
+        ),
+        Case(
+            "impression showing one item twice",
+            "events",
+            b"k-imp-twice",
+            orjson.dumps(impression("imp-twice", "H", ["I1", "I2", "I1"])),
+            "invalid_value",
+        ),
+        Case(
+            "impression of an unknown item",
+            "events",
+            b"H-imp-unknown",
+            orjson.dumps(impression("imp-unknown", "H-imp-unknown", ["I1", "NOPE"])),
+            "unknown_item",
+        ),
+        Case(
+            "impression with a position as a string",
+            "events",
+            b"k-imp-pos",
+            orjson.dumps({**impression("imp-pos", "H", ["I1", "I2"]), "positions": [0, "1"]}),
+            "invalid_value",
+        ),
+        Case(
+            "impression of catalog items",
+            "events",
+            b"H-imp",
+            orjson.dumps(impression("imp-ok", "H-imp", ["I1", "I2", "I3"])),
+            "accepted",
+            "H-imp",
+            "imp-ok",
         ),
         Case(
             "item vector of the wrong size",

@@ -540,7 +540,7 @@ def test_a_recommendation_list_round_trips_through_json() -> None:
     assert RecommendationList.from_json(raw) == rec
     assert RecommendationList.from_json(raw.decode()) == rec
     obj = orjson.loads(raw)
-    assert set(obj) == {"user_id", "generated_at", "trigger_event_id", "strategy", "variant", "items"}
+    assert set(obj) == {"list_id", "user_id", "generated_at", "trigger_event_id", "strategy", "variant", "items"}
     assert obj["items"][0] == {"item_id": "N1234", "score": 0.83, "lang": "en", "because": "N55528"}
 
 

@@ -45,7 +45,7 @@ def test_two_instances_keep_separate_registries():
 
 def test_every_event_type_and_outcome_is_exposed_at_zero_before_any_record():
     m = XrecMetrics()
-    for event_type in (*EVENT_TYPES, "unknown"):
+    for event_type in (*EVENT_TYPES, "impression", "unknown"):
         for outcome in EVENT_OUTCOMES:
             assert value(m, "xrec_events_total", type=event_type, outcome=outcome) == 0
     for outcome in ("upserted", "deleted", "dlq"):

@@ -193,6 +193,9 @@ async def run_naive(args: argparse.Namespace) -> NaiveCounts:
             except RecordError:
                 engine.counts.rejected += 1
                 continue
+            if not isinstance(event, Interaction):  # the bench offers no impressions; the baseline skips them
+                engine.counts.rejected += 1
+                continue
             lst = await engine.process(event)
             if lst is not None:
                 await producer.send_and_wait(args.output_topic, key=lst.user_id.encode(), value=lst.to_json())

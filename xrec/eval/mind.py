@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-lists", action="store_true", help="skip the published top-10 lists (accuracy only; faster, for tuning)"
     )
+    parser.add_argument(
+        "--no-impressions",
+        action="store_true",
+        help="replay clicks only, no impression events (what a deployment that sends none gets)",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class ReplayResult:
     lists: list[PublishedList] = field(default_factory=list)
     pool: set[str] = field(default_factory=set)  # items shown so far: the scenario's candidate pool
     events: int = 0
+    impressions_replayed: int = 0  # impression events (what was shown) fed to the engine
     impression_clicks_in_profile: int = 0  # kept impressions whose user had clicks from earlier impressions
     candidates_in_own_history: int = 0
 
@@ -162,6 +168,7 @@ class Replay:
         history_span_ms: int,
         seed: int,
         with_lists: bool,
+        with_impressions: bool = True,
     ) -> None:
         self.store = store
         self.vectors = vectors
@@ -170,6 +177,7 @@ class Replay:
         self.history_start = history_start
         self.history_span_ms = history_span_ms
         self.with_lists = with_lists
+        self.with_impressions = with_impressions
         self.dim = len(next(iter(vectors.values())))
         self.clock = _Clock()
         self.rec = _quiet_recommender_class()(settings, store, encoder=None, dim=self.dim, clock_ms=self.clock)
@@ -199,9 +207,21 @@ class Replay:
         if case is not None:
             await self._score(case)
         clicked = [k for k, label in shown if label]
+        if self.with_impressions:
+            await self._shown(imp, [k for k, _ in shown])
         if clicked:
             await self._events(imp.user_id, [(f"{imp.impression_id}:{k}", k, imp.ts) for k in clicked])
             self.impression_clickers.add(imp.user_id)
+
+    async def _shown(self, imp: Impression, keys: list[str]) -> None:
+        """The impression as the stream would carry it: an impression event, before its clicks."""
+        from xrec.events import Impression as ShownEvent
+
+        event = ShownEvent(f"{imp.impression_id}:shown", imp.user_id, tuple(keys), imp.ts, tuple(range(len(keys))))
+        result = await self.rec.handle_events([event], self.profiles)
+        if result.rejected or result.waiting:
+            raise RuntimeError(f"the engine did not take impression {imp.impression_id}")
+        self.out.impressions_replayed += 1
 
     def history_ts(self, position: int, length: int) -> int:
         """Untimed history click ``position`` of ``length``, spread evenly over the span before the log."""
@@ -341,6 +361,7 @@ async def replay(
     history_span_ms: int,
     seed: int,
     with_lists: bool,
+    with_impressions: bool = True,
 ) -> ReplayResult:
     """Run the scanned impressions through the engine with a fresh Qdrant Edge store in a temp dir."""
     from xrec.store import open_store
@@ -361,6 +382,7 @@ async def replay(
                 history_span_ms=history_span_ms,
                 seed=seed,
                 with_lists=with_lists,
+                with_impressions=with_impressions,
             )
             await engine.start()
             for done, imp in enumerate(scanned, start=1):
@@ -446,6 +468,10 @@ def ranking_settings(settings: Settings) -> dict[str, Any]:
         "language_weight",
         "freshness_weight",
         "trending_weight",
+        "ctr_weight",
+        "ctr_half_life_hours",
+        "ctr_prior_impressions",
+        "fatigue_weight",
         "mmr_lambda",
         "vector_space",
         "list_length",
@@ -489,6 +515,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             int(args.history_days * DAY_MS),
             args.seed,
             with_lists=not args.no_lists,
+            with_impressions=not args.no_impressions,
         )
     )
     replay_s = time.perf_counter() - began
@@ -514,6 +541,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "history": {"kept": selection.history_kept, "dropped_no_text": selection.history_dropped},
         "events_replayed": out.events,
+        "impression_events_replayed": out.impressions_replayed,
         "scoring": SCORE_NOTE,
         **summarize(out, args.bootstrap, args.seed),
         "beyond_accuracy": beyond_accuracy(out, vectors) if not args.no_lists else None,
