@@ -33,7 +33,7 @@ from streams.offsets import OffsetLedger
 from streams.runtime import Runtime
 from streams.supervision import ConsumerLoopError
 from streams.tables import ProfileTable, held_profiles
-from xrec.events import Event, ForgetUser, RecordError, parse_control, parse_event
+from xrec.events import Event, ForgetUser, Impression, RecordError, parse_control, parse_event
 from xrec.pipeline import EventBatchResult
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,10 @@ class EventPipeline:
 
     async def _publish(self, result: EventBatchResult, unit: _Unit) -> None:
         m = self.metrics
+        variants = self.runtime.recommender.variants
         for e in result.processed:
             m.event(e.type, "processed")
+            m.variant_event(variants.of(e.user_id), e.type, len(e.item_ids) if isinstance(e, Impression) else 0)
         for e in result.duplicates:
             m.event(e.type, "duplicate")
         events_topic = self.runtime.topics.events
@@ -294,7 +296,9 @@ class EventPipeline:
             for lst in result.lists:
                 unit.writes.append(await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json()))
                 self.runtime.latest.put(lst.user_id, lst)
-                m.list_published(len(lst.items), trigger_ts.get(lst.trigger_event_id or ""), time.time() * 1000)
+                m.list_published(
+                    len(lst.items), trigger_ts.get(lst.trigger_event_id or ""), time.time() * 1000, lst.variant
+                )
         m.set_profiles(held_profiles(self.profiles))
 
     async def _control(self, message: Any) -> None:

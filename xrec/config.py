@@ -288,6 +288,14 @@ class Settings:
         "identifier confidently contradicts; off: keep what producers send.",
     )
 
+    # --- experiments -------------------------------------------------------------------------
+    variants: str = _setting(
+        "",
+        "A/B variants: 'name=share overrides' separated by ';', e.g. 'A=50; B=50 ctr_weight=0'. Each user is in one "
+        "variant by a stable hash of their id; overrides are ranking settings (lower-case names, see VARIANT_SETTINGS). "
+        "Empty: everyone in variant A.",
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             hint = _HINTS[f.name]
@@ -311,6 +319,9 @@ class Settings:
             )
         if self.consumer_max_failures < 1:
             raise SettingsError("XREC_CONSUMER_MAX_FAILURES must be at least 1")
+        if self.variants.strip():  # each variant's settings must be valid settings
+            for spec in parse_variants(self.variants):
+                dataclasses.replace(self, variants="", **dict(spec.overrides))
         if self.max_impression_items < 1:
             raise SettingsError("XREC_MAX_IMPRESSION_ITEMS must be at least 1")
         if self.ctr_half_life_hours <= 0 or self.ctr_prior_impressions <= 0:
@@ -413,6 +424,69 @@ def _coerce(name: str, hint: Any, raw: str) -> Any:
 
 EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "review", "dislike", "skip"]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)  # the one list of event types (wire and weights)
+
+
+#: Ranking settings an A/B variant may override. The user model (interests, decay) is not among them:
+#: a user has one profile, built one way, whichever variant ranks their lists.
+VARIANT_SETTINGS = (
+    "list_length",
+    "candidates_per_interest",
+    "interest_temperature",
+    "negative_weight",
+    "language_policy",
+    "language_weight",
+    "freshness_weight",
+    "freshness_half_life_hours",
+    "trending_weight",
+    "ctr_weight",
+    "fatigue_weight",
+    "mmr_lambda",
+    "query_expansion",
+)
+DEFAULT_VARIANT = "A"
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One A/B variant as ``XREC_VARIANTS`` states it: its name, its share of users, its overrides."""
+
+    name: str
+    share: float
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def parse_variants(spec: str) -> tuple[VariantSpec, ...]:
+    """``"A=50; B=50 ctr_weight=0 mmr_lambda=0.8"`` → variants; empty → one variant A without overrides."""
+    if not spec.strip():
+        return (VariantSpec(DEFAULT_VARIANT, 1.0),)
+    out: list[VariantSpec] = []
+    for part in spec.split(";"):
+        words = part.split()
+        if not words:
+            continue
+        name, sep, share_text = words[0].partition("=")
+        if not sep or not _VARIANT_NAME.fullmatch(name):
+            raise SettingsError(f"XREC_VARIANTS: {words[0]!r} is not name=share (a name of letters, digits, _ or -)")
+        try:
+            share = float(share_text)
+        except ValueError:
+            share = math.nan
+        if not math.isfinite(share) or share <= 0:
+            raise SettingsError(f"XREC_VARIANTS: the share of {name} must be a positive number, not {share_text!r}")
+        overrides: list[tuple[str, Any]] = []
+        for word in words[1:]:
+            key, sep, raw = word.partition("=")
+            if not sep or key not in VARIANT_SETTINGS:
+                raise SettingsError(
+                    f"XREC_VARIANTS: variant {name} cannot set {word!r}; it may set {', '.join(VARIANT_SETTINGS)}"
+                )
+            overrides.append((key, _coerce(key, _HINTS[key], raw)))
+        out.append(VariantSpec(name, share, tuple(overrides)))
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"XREC_VARIANTS names a variant twice: {', '.join(names)}")
+    return tuple(out)
 
 
 def parse_event_weights(spec: str) -> dict[str, float]:

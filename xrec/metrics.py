@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from xrec import __version__
-from xrec.config import EVENT_TYPES, Settings
+from xrec.config import DEFAULT_VARIANT, EVENT_TYPES, Settings, parse_variants
 from xrec.events import IMPRESSION, REASONS
 from xrec.langid import SOURCES as LANGUAGE_SOURCES
 
@@ -96,6 +96,7 @@ class XrecMetrics:
         store_backend: str | None = None,
         dlq_topics: Iterable[str] = (),
         registry: CollectorRegistry | None = None,
+        variants: Iterable[str] = (DEFAULT_VARIANT,),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.docs: list[MetricDoc] = []
@@ -213,7 +214,20 @@ class XrecMetrics:
             (),
         )
         self.lists_published = self._counter(
-            "xrec_lists_published_total", "Recommendation lists published to the output topic.", ()
+            "xrec_lists_published_total",
+            "Recommendation lists published to the output topic, by the A/B variant that ranked them.",
+            ("variant",),
+        )
+        self.variant_events = self._counter(
+            "xrec_variant_events_total",
+            "Events processed, by the A/B variant of their user and the event type (clicks per variant over "
+            "xrec_variant_items_shown_total is each variant's click-through rate).",
+            ("variant", "type"),
+        )
+        self.variant_items_shown = self._counter(
+            "xrec_variant_items_shown_total",
+            "Items shown to users (impression events), by the A/B variant of the user.",
+            ("variant",),
         )
         self.list_length = self._histogram("xrec_list_length", "Items in each published list.", (), LIST_LENGTH_BUCKETS)
         self.build_info = self._gauge(
@@ -237,6 +251,11 @@ class XrecMetrics:
                 self.events.labels(type=event_type, outcome=outcome)
         for outcome in ITEM_OUTCOMES:
             self.items.labels(outcome=outcome)
+        for variant in variants:
+            self.lists_published.labels(variant=variant)
+            self.variant_items_shown.labels(variant=variant)
+            for event_type in (*EVENT_TYPES, IMPRESSION):
+                self.variant_events.labels(variant=variant, type=event_type)
         for consumer in CONSUMER_LOOPS:
             self.consumer_failures.labels(consumer=consumer)
         for stage in STAGES:
@@ -261,6 +280,7 @@ class XrecMetrics:
         metrics = cls(
             store_backend=settings.store_backend,
             dlq_topics=(settings.topic_events, settings.topic_items, settings.topic_control),
+            variants=[v.name for v in parse_variants(settings.variants)],
         )
         metrics.set_gpu_expected(gpu_expected(settings))
         return metrics
@@ -289,6 +309,12 @@ class XrecMetrics:
             raise ValueError(f"event outcome {outcome!r} is not one of {EVENT_OUTCOMES}")
         label = event_type if event_type in EVENT_TYPE_LABELS else UNKNOWN_EVENT_TYPE
         self.events.labels(type=label, outcome=outcome).inc(count)
+
+    def variant_event(self, variant: str, event_type: str, items_shown: int = 0) -> None:
+        """One processed event of a user in ``variant`` (an impression also counts the items it showed)."""
+        self.variant_events.labels(variant=variant, type=event_type).inc()
+        if items_shown:
+            self.variant_items_shown.labels(variant=variant).inc(items_shown)
 
     def item(self, outcome: str, count: int = 1) -> None:
         if outcome not in ITEM_OUTCOMES:
@@ -357,13 +383,19 @@ class XrecMetrics:
         finally:
             self.store_request.labels(backend=backend, operation=operation).observe(time.perf_counter() - start)
 
-    def list_published(self, length: int, event_ts_ms: float | None = None, now_ms: float | None = None) -> None:
+    def list_published(
+        self,
+        length: int,
+        event_ts_ms: float | None = None,
+        now_ms: float | None = None,
+        variant: str = DEFAULT_VARIANT,
+    ) -> None:
         """Count one published list; with the triggering event's timestamp, observe event-to-publish.
 
         Producer clocks can run ahead of the worker's: a negative delay is observed as 0 rather than
         corrupting the histogram's sum.
         """
-        self.lists_published.inc()
+        self.lists_published.labels(variant=variant).inc()
         self.list_length.observe(length)
         if event_ts_ms is not None:
             now = time.time() * 1000.0 if now_ms is None else now_ms

@@ -46,6 +46,7 @@ from xrec.ranking import (
 )
 from xrec.space import LOCAL_PART, LanguageSpace, LanguageStats, NeutralSpace
 from xrec.store.base import HitColumns, ItemPoint, StoreError, VectorQuery, VectorStore
+from xrec.variants import Variants
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,16 @@ class WaitingEvents:
             self._since.pop(id(event), None)
 
 
+def _group_view(columns: HitColumns, spans: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], HitColumns]:
+    """One variant's users' queries (a contiguous run of a batch's queries) as a batch of their own, for
+    ``rank_many``: the same rows, only their queries, the spans counted from 0."""
+    if not spans:
+        return spans, columns
+    start, stop = spans[0][0], spans[-1][1]
+    view = replace(columns, per_query=columns.per_query[start:stop], scores=columns.scores[start:stop])
+    return [(a - start, b - start) for a, b in spans], view
+
+
 def _items_of(event: Event) -> tuple[str, ...]:
     """The items an event needs in the catalog before it can be applied."""
     return event.item_ids if isinstance(event, Impression) else (event.item_id,)
@@ -193,7 +204,9 @@ class Recommender:
         self.dim = dim if dim is not None else encoder.dim  # type: ignore[union-attr]
         self.clock_ms = clock_ms
         self.profile_params = ProfileParams.from_settings(settings)
-        self.rank_params = RankParams.from_settings(settings)
+        self.variants = Variants(settings)
+        #: Each A/B variant's ranking settings (``rank_params``: the first variant's).
+        self.variant_params = {name: RankParams.from_settings(s) for name, s in self.variants.settings.items()}
         self.weights = settings.weights
         self.cache = ItemCache(settings.item_cache_size)
         self.popularity = Popularity()
@@ -384,61 +397,84 @@ class Recommender:
         self, users: dict[str, UserProfile], triggers: dict[str, Interaction]
     ) -> list[RecommendationList]:
         """Lists for many users: one batched store query for all their interests, then ranking for
-        all of them at once."""
+        all of them at once (per A/B variant, each with its own ranking settings)."""
         now = self.clock_ms()
         space = self.space.view()
-        warm = [u for u, p in users.items() if p.has_interests]
-        columns, spans = await self._search([users[u] for u in warm], space)
+        by_variant: dict[str, list[str]] = {}
+        for user_id, profile in users.items():
+            if profile.has_interests:
+                by_variant.setdefault(self.variants.of(user_id), []).append(user_id)
+        groups = [(self.variant_params[v], [users[u] for u in ids]) for v, ids in by_variant.items()]
+        columns, spans = await self._search(groups, space)
         lists: list[RecommendationList] = []
         with self._stage("rank"):
-            trend = self.popularity.trend(columns.item_ids) if self.rank_params.trending_weight else None
-            ctr = self._click_through(columns.item_ids, columns.payload.get("lang") or [])
-            profiles = [users[u] for u in warm]
-            ranked = rank_many(
-                profiles, columns, spans, self.rank_params, self.profile_params, int(now), trend, space, ctr
-            )
-            for user_id, items in zip(warm, ranked, strict=True):
-                lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now))
+            first = 0
+            for (variant, warm), (params, profiles) in zip(by_variant.items(), groups, strict=True):
+                trend = self.popularity.trend(columns.item_ids) if params.trending_weight else None
+                ctr = self._click_through(params, columns.item_ids, columns.payload.get("lang") or [])
+                own, view = _group_view(columns, spans[first : first + len(warm)])
+                first += len(warm)
+                ranked = rank_many(profiles, view, own, params, self.profile_params, int(now), trend, space, ctr)
+                for user_id, items in zip(warm, ranked, strict=True):
+                    lists.append(self._list(user_id, triggers.get(user_id), STRATEGY_INTERESTS, items, now, variant))
             for user_id, profile in users.items():
                 if not profile.has_interests:
+                    variant = self.variants.of(user_id)
                     trigger = triggers.get(user_id)
                     langs = [trigger.lang] if trigger is not None and trigger.lang else []
-                    items = self.popularity.cold_start(profile, self.rank_params.list_length, langs)
-                    lists.append(self._list(user_id, trigger, STRATEGY_POPULAR, items, now))
+                    length = self.variant_params[variant].list_length
+                    items = self.popularity.cold_start(profile, length, langs)
+                    lists.append(self._list(user_id, trigger, STRATEGY_POPULAR, items, now, variant))
         return lists
 
-    async def relevance(self, profile: UserProfile, cands: Candidates, now_ms: int) -> np.ndarray:
+    async def relevance(
+        self, profile: UserProfile, cands: Candidates, now_ms: int, variant: str | None = None
+    ) -> np.ndarray:
         """The served relevance score of any candidates for one profile (what ``recommend`` scores before
-        MMR), its interests expanded by their own store queries' answers as ``recommend`` expands them.
-        For evaluations: what they measure is what is served."""
+        MMR), its interests expanded by their own store queries' answers as ``recommend`` expands them,
+        with the ranking settings of ``variant`` (default: the first). For evaluations: what they measure
+        is what is served."""
         space = self.space.view()
-        params = self.rank_params
+        params = self.variant_params[variant or self.variants.default]
         centroids = None
         if params.query_expansion and profile.has_interests:
-            columns, spans = await self._search([profile], space)
+            columns, spans = await self._search([(params, [profile])], space)
             neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
             [centroids] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
         trend = self.popularity.trend(cands.ids) if params.trending_weight else None
-        ctr = self._click_through(cands.ids, cands.langs)
+        ctr = self._click_through(params, cands.ids, cands.langs)
         scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space, centroids, ctr)
         return scores
 
-    def _click_through(self, item_ids: Sequence[str], langs: Sequence[Any]) -> dict[str, float] | None:
+    @property
+    def rank_params(self) -> RankParams:
+        """The ranking settings of the first (with ``XREC_VARIANTS`` unset: the only) variant."""
+        return self.variant_params[self.variants.default]
+
+    @rank_params.setter
+    def rank_params(self, params: RankParams) -> None:
+        self.variant_params[self.variants.default] = params
+
+    def _click_through(
+        self, params: RankParams, item_ids: Sequence[str], langs: Sequence[Any]
+    ) -> dict[str, float] | None:
         """Click-through lift by item id, or None when it does not count (off, or no impression yet)."""
-        if not self.rank_params.ctr_weight or not self.exposure.total.shown:
+        if not params.ctr_weight or not self.exposure.total.shown:
             return None
         named = [str(lang) if lang is not None else UNDETERMINED for lang in langs] or [UNDETERMINED] * len(item_ids)
         return dict(zip(item_ids, self.exposure.lift(item_ids, named).tolist(), strict=True))
 
     async def _search(
-        self, profiles: list[UserProfile], space: NeutralSpace
+        self, groups: Sequence[tuple[RankParams, Sequence[UserProfile]]], space: NeutralSpace
     ) -> tuple[HitColumns, list[tuple[int, int]]]:
-        """The candidates of some users from one store call, and which queries are whose."""
+        """The candidates of some users (grouped by their ranking settings) from one store call, and which
+        queries are whose, in the order of the groups' users."""
         queries: list[VectorQuery] = []
         spans: list[tuple[int, int]] = []
-        for qs in candidate_queries_many(profiles, self.rank_params, space):
-            spans.append((len(queries), len(queries) + len(qs)))
-            queries += qs
+        for params, profiles in groups:
+            for qs in candidate_queries_many(profiles, params, space):
+                spans.append((len(queries), len(queries) + len(qs)))
+                queries += qs
         return await self._candidate_columns(queries), spans
 
     # --- internals ---------------------------------------------------------------------------
@@ -543,7 +579,7 @@ class Recommender:
         return {e.event_id: v for e, v in zip(reviews, neutral, strict=True)}
 
     def _list(
-        self, user_id: str, trigger: Interaction | None, strategy: str, items: list, now: float
+        self, user_id: str, trigger: Interaction | None, strategy: str, items: list, now: float, variant: str
     ) -> RecommendationList:
         return RecommendationList(
             user_id=user_id,
@@ -551,6 +587,7 @@ class Recommender:
             trigger_event_id=trigger.event_id if trigger else None,
             strategy=strategy,
             items=tuple(items),
+            variant=variant,
             list_id=secrets.token_hex(8),
         )
 

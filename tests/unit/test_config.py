@@ -133,6 +133,8 @@ def another_valid_value(name: str) -> tuple[str, Any]:
         return "view=0.25", "view=0.25"
     if name == "kafka_version":
         return "4.4.0", "4.4.0"
+    if name == "variants":
+        return "A=50; B=50 ctr_weight=0", "A=50; B=50 ctr_weight=0"
     return f"custom-{name}", f"custom-{name}"
 
 

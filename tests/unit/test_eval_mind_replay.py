@@ -311,3 +311,67 @@ def test_vector_cache_keys_differ_by_backend_and_keep_the_original_for_pytorch_f
         model_key("m", fp, "passage: ", 256, b) for b in ("openvino-bfloat16", "openvino-float32", "torch-bfloat16")
     }
     assert len(others) == 3 and original not in others
+
+
+def test_each_ab_variant_scores_every_impression_and_is_compared_with_the_first_paired(data_dir: Path) -> None:
+    path = write_behaviors(
+        data_dir / "b.tsv",
+        [
+            ("1", "U1", at(1), "H1 H2 H3", "C3-0 C1-1 C4-0"),
+            ("2", "U2", at(2), "H4 H5", "C1-0 C2-1 C3-0 C4-0"),
+        ],
+    )
+    spec = "A=50; reversed=50 negative_weight=0 query_expansion=0 interest_temperature=0"
+    out = replay(data_dir, path, "zh-zh", Settings(interest_temperature=20.0, trending_weight=0.0, variants=spec))
+    assert list(out.metrics) == ["random", "popularity", "mean-of-history", "xrec", "xrec[reversed]"]
+    assert len(out.metrics["xrec[reversed]"]["auc"]) == len(out.metrics["xrec"]["auc"]) == 2
+    summary = eval_mind.summarize(out, rounds=20, seed=0)
+    delta = summary["variants_minus_xrec"]["xrec[reversed]"]["auc"]
+    expected = np.mean(out.metrics["xrec[reversed]"]["auc"]) - np.mean(out.metrics["xrec"]["auc"])
+    assert delta["mean"] == pytest.approx(expected)
+    assert "xrec[reversed] − xrec" in eval_mind.format_table(
+        {
+            **summary,
+            "scenario": "zh-zh",
+            "description": "",
+            "behaviors": "b.tsv",
+            "model": "m",
+            "impressions": {"kept": 2, "scanned": 2, "read": 2, "skipped": {}},
+            "candidates": {"kept": 7, "mean_per_impression": 3.5, "dropped_no_text": 0},
+            "settings": {"list_length": 10},
+            "encoding": {"texts": 0, "from_cache": 0, "encoded_now": 0, "seconds": 0},
+            "seconds": {"replay": 0, "total": 0},
+            "scoring": "",
+        }
+    )
+
+
+def test_the_replay_feeds_each_impression_as_an_event_before_its_clicks(data_dir: Path) -> None:
+    """C2 is shown to five users and taken by none, C1 is taken every time it is shown: by the last
+    impression their click-through rates outweigh the user's history, which speaks for C2."""
+    rows = [(str(n), f"U{n}", at(1 + n), "H4", "C1-1 C2-0") for n in range(5)]
+    rows.append(("9", "U9", at(9), "HX H4", "C2-0 C1-1"))
+    path = write_behaviors(data_dir / "b.tsv", rows)
+    settings = Settings(trending_weight=0.0, ctr_weight=5.0, fatigue_weight=0.0)
+    with_impressions = replay(data_dir, path, "zh-zh", settings)
+    assert with_impressions.impressions_replayed == 6
+    assert with_impressions.metrics["xrec"]["auc"][-1] == 1.0
+    catalog, impressions = load_news(data_dir), read_behaviors(path)
+    selection = select(impressions, catalog, SCENARIOS["zh-zh"])
+    vectors = vectors_for(eval_mind.needed_items(selection, impressions, catalog, SCENARIOS["zh-zh"]))
+    clicks_only = asyncio.run(
+        eval_mind.replay(
+            settings,
+            selection,
+            impressions,
+            catalog,
+            SCENARIOS["zh-zh"],
+            vectors,
+            28 * eval_mind.DAY_MS,
+            0,
+            False,
+            False,
+        )
+    )
+    assert clicks_only.impressions_replayed == 0
+    assert clicks_only.metrics["xrec"]["auc"][-1] == 0.0  # without impressions the history decides

@@ -141,7 +141,7 @@ def test_a_published_list_observes_length_and_event_to_publish_delay():
     m = XrecMetrics()
     m.list_published(10, event_ts_ms=1_000_000.0, now_ms=1_000_030.0)
     m.list_published(0)
-    assert value(m, "xrec_lists_published_total") == 2
+    assert value(m, "xrec_lists_published_total", variant="A") == 2
     assert value(m, "xrec_list_length_count") == 2
     assert value(m, "xrec_list_length_bucket", le="0.0") == 1
     assert value(m, "xrec_list_length_sum") == 10

@@ -143,6 +143,7 @@ class PublishedList:
 
 @dataclass
 class ReplayResult:
+    #: system -> metric -> one value per scored impression (SYSTEMS, then any further A/B variant)
     metrics: dict[str, dict[str, list[float]]] = field(
         default_factory=lambda: {s: {k: [] for k in m.METRICS} for s in SYSTEMS}
     )
@@ -283,18 +284,20 @@ class Replay:
         self.out.candidates_in_own_history += sum(k in profile.seen for k in case.candidates)
 
         cands = await self._candidates(list(case.candidates))
-        xrec_scores = await self.rec.relevance(profile, cands, imp.ts)
         mean_vec = self._mean_of_history(user)
         scores = {
             "random": self.rng.random(len(cands)),
             "popularity": np.asarray([self.clicks[k] for k in cands.ids], np.float64),
             "mean-of-history": cands.vectors @ mean_vec,
-            "xrec": xrec_scores,
         }
+        for variant in self.rec.variants.names:  # every variant scores every impression: paired comparisons
+            scores[variant_system(self.rec.variants.default, variant)] = await self.rec.relevance(
+                profile, cands, imp.ts, variant
+            )
         tiebreak = self.rng.permutation(len(cands))
         for system, s in scores.items():
             for name, value in m.impression_metrics(case.labels, s, tiebreak).items():
-                self.out.metrics[system][name].append(value)
+                self.out.metrics.setdefault(system, {k: [] for k in m.METRICS})[name].append(value)
         if self.with_lists:
             clicked = {k for k, label in zip(case.candidates, case.labels, strict=True) if label}
             await self._lists(user, profile, mean_vec, clicked)
@@ -419,16 +422,32 @@ def item_vectors(settings: Settings, keys: list[str], catalog: Catalog) -> tuple
     return dict(zip(keys, matrix, strict=True)), info
 
 
+def variant_system(default: str, variant: str) -> str:
+    """The system name of an A/B variant's scores: ``xrec`` for the first (default) variant."""
+    return "xrec" if variant == default else f"xrec[{variant}]"
+
+
 def summarize(out: ReplayResult, rounds: int, seed: int) -> dict[str, Any]:
-    """Means with 95% bootstrap CIs per system, and xrec's paired difference to the reference."""
+    """Means with 95% bootstrap CIs per system, xrec's paired difference to the reference, and each
+    further A/B variant's paired difference to the first."""
     n = len(out.metrics["xrec"]["auc"])
     idx = m.bootstrap_indices(n, rounds, seed)
-    systems = {s: {k: m.bootstrap_ci(v, idx).to_dict() for k, v in out.metrics[s].items()} for s in SYSTEMS}
-    delta = {
-        k: m.bootstrap_ci(np.asarray(out.metrics["xrec"][k]) - np.asarray(out.metrics[REFERENCE][k]), idx).to_dict()
-        for k in m.METRICS
+    systems = {s: {k: m.bootstrap_ci(v, idx).to_dict() for k, v in per.items()} for s, per in out.metrics.items()}
+
+    def paired(a: str, b: str) -> dict[str, Any]:
+        return {
+            k: m.bootstrap_ci(np.asarray(out.metrics[a][k]) - np.asarray(out.metrics[b][k]), idx).to_dict()
+            for k in m.METRICS
+        }
+
+    variants = {s: paired(s, "xrec") for s in out.metrics if s.startswith("xrec[")}
+    result: dict[str, Any] = {
+        "systems": systems,
+        f"xrec_minus_{REFERENCE.replace('-', '_')}": paired("xrec", REFERENCE),
     }
-    return {"systems": systems, f"xrec_minus_{REFERENCE.replace('-', '_')}": delta}
+    if variants:
+        result["variants_minus_xrec"] = variants
+    return result
 
 
 def beyond_accuracy(out: ReplayResult, vectors: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -526,6 +545,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "model": settings.model,
         "settings": ranking_settings(settings),
+        "variants": settings.variants or None,
         "impressions": {
             "read": len(impressions),
             "scanned": selection.impressions,
@@ -574,13 +594,15 @@ def format_table(result: dict[str, Any]) -> str:
         f"candidates: {cands['kept']} kept ({cands['mean_per_impression']:.1f} per impression), "
         f"{cands['dropped_no_text']} without text in the candidate language",
         "",
-        f"{'system':<24}" + "".join(f"{LABELS[name]:<24}" for name in m.METRICS),
+        f"{'system':<28}" + "".join(f"{LABELS[name]:<24}" for name in m.METRICS),
     ]
     for system, row in result["systems"].items():
-        lines.append(f"{system:<24}" + "".join(f"{_fmt(row[k]):<24}" for k in m.METRICS))
+        lines.append(f"{system:<28}" + "".join(f"{_fmt(row[k]):<24}" for k in m.METRICS))
     delta_key = f"xrec_minus_{REFERENCE.replace('-', '_')}"
-    lines.append(f"{'xrec − ' + REFERENCE:<24}" + "".join(f"{_fmt(result[delta_key][k], True):<24}" for k in m.METRICS))
-    lines.append("(95% bootstrap CIs over impressions; the last row is the paired difference)")
+    lines.append(f"{'xrec − ' + REFERENCE:<28}" + "".join(f"{_fmt(result[delta_key][k], True):<24}" for k in m.METRICS))
+    for system, delta in result.get("variants_minus_xrec", {}).items():
+        lines.append(f"{system + ' − xrec':<28}" + "".join(f"{_fmt(delta[k], True):<24}" for k in m.METRICS))
+    lines.append("(95% bootstrap CIs over impressions; the rows with − are paired differences)")
     beyond = result.get("beyond_accuracy")
     if beyond:
         lines += [
