@@ -20,6 +20,7 @@ from streams.encoding import start_encoder
 from streams.faust_tuning import RECOVERY_CHECK_EVERY_S, read_committed_only, restart_stalled_recovery
 from streams.items import start_indexer
 from streams.lag import ConsumerLagProbe, LagReporter
+from streams.ranker_weights import start_ranker_sync
 from streams.runtime import Runtime
 from streams.tables import LocalTables, ProfileTable, describe_table_store
 from streams.views import register_views
@@ -86,6 +87,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     async def index_items() -> None:
         runtime.indexer_task = start_indexer(runtime, bootstrap)
         runtime.encoder_task = start_encoder(runtime, bootstrap)
+        runtime.ranker_task = start_ranker_sync(runtime, bootstrap)
 
     topics = runtime.topics
     lag_reporter = LagReporter(

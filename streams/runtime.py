@@ -63,6 +63,7 @@ class Runtime:
     items_caught_up: bool = False
     indexer_task: asyncio.Task[None] | None = None
     encoder_task: asyncio.Task[None] | None = None  # None where XREC_ENCODE_ITEMS=false
+    ranker_task: asyncio.Task[None] | None = None  # None unless a variant ranks with the learned ranker
     loops: ConsumerLoops = field(init=False)
     local_tables: LocalTables | None = None  # XREC_TABLE_STORE=rocksdb: told when the worker stops cleanly
 
@@ -72,6 +73,7 @@ class Runtime:
         self.vectors_topic = vectors_topic(self.settings, self.space)
         self.limits = Limits.from_settings(self.settings, vector_dim=self.dim)
         self.recommender = Recommender(self.settings, self.store, self.encoder, self.metrics, dim=self.dim)
+        self.metrics.set_ranker(self.recommender.ranker)
 
     async def ensure_started(self) -> None:
         """Create the collection once, from whichever task gets here first."""

@@ -1,4 +1,4 @@
-"""Web views on the worker: the latest list of a user, liveness, readiness, Prometheus metrics."""
+"""Web views on the worker: the latest list of a user, liveness, readiness, the ranker's weights, Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from faust.types import TableT
 from faust.web import Request, Response, View
 
 from streams.runtime import Runtime
+from xrec.ranking import FEATURES
 
 
 def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
@@ -50,6 +51,26 @@ def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
                 content_type="application/json",
                 status=200 if ready else 503,
             )
+
+    @app.page("/ranker")
+    class RankerView(View):
+        """The ranker's weights: hand-set, in use, and what was learned (by this worker and the others)."""
+
+        async def get(self, request: Request) -> Response:
+            engine = runtime.recommender
+            ranker = engine.ranker
+            body = {
+                "learned_in_variants": sorted(engine.learned),
+                "learning": runtime.settings.ranker_learning if engine.learned else "off",
+                "generation": runtime.settings.ranker_generation,
+                "features": list(FEATURES),
+                "hand_set": ranker.initial.tolist(),
+                "weights": ranker.weights().tolist(),
+                "learned_here": ranker.own.tolist(),
+                "learned_elsewhere": ranker.others.tolist(),
+                "updates": ranker.updates,
+            }
+            return self.bytes(orjson.dumps(body), content_type="application/json")
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -24,6 +24,8 @@ EncoderBackend = Literal["auto", "torch", "openvino"]
 OpenVinoPrecision = Literal["auto", "bfloat16", "float32"]
 KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 LanguagePolicy = Literal["any", "prefer", "only"]
+Ranker = Literal["fixed", "learned"]
+RankerLearning = Literal["on", "frozen"]
 VectorSpace = Literal["language", "catalog", "raw"]
 LanguageDetection = Literal["off", "missing", "correct"]
 TableStore = Literal["memory", "rocksdb"]
@@ -119,6 +121,11 @@ class Settings:
         "xrec.language-stats",
         "Per-language item counts and vector sums the neutral space is built from, per store and items partition "
         "(compacted; shared by the workers of one store, read back after a restart).",
+    )
+    topic_ranker: str = _setting(
+        "xrec.ranker",
+        "What each worker's learned ranker has learned, shared by all workers of an app (compacted; used only "
+        "when a variant has ranker=learned).",
     )
     partitions: int = _setting(4, "Partitions of the events, recommendations and control topics (the unit of scaling).")
     item_partitions: int = _setting(1, "Partitions of the items topic.")
@@ -266,6 +273,21 @@ class Settings:
         0.02,
         "Score taken off per doubling of the times an item was shown to a user who never took it "
         "(log2(1 + times shown); from impression events).",
+    )
+    ranker: Ranker = _setting(
+        "fixed",
+        "fixed: score with the weights above; learned: start from them and learn them online from impression "
+        "events and the clicks that follow (xrec/ranker.py).",
+    )
+    ranker_learning: RankerLearning = _setting(
+        "on", "on: the learned ranker keeps learning; frozen: it ranks with what it has learned, learning no more."
+    )
+    ranker_learning_rate: float = _setting(0.05, "Step size of the learned ranker's pairwise updates.")
+    ranker_l2: float = _setting(0.01, "Pull of the learned weights back toward the hand-set ones, per update.")
+    ranker_generation: int = _setting(
+        0,
+        "The learned ranker uses only weights learned in this generation: raise it to reset what was learned "
+        "(every worker starts again from the hand-set weights).",
     )
     mmr_lambda: float = _setting(
         1.0,
@@ -442,6 +464,7 @@ VARIANT_SETTINGS = (
     "fatigue_weight",
     "mmr_lambda",
     "query_expansion",
+    "ranker",
 )
 DEFAULT_VARIANT = "A"
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -28,6 +28,8 @@ from xrec import __version__
 from xrec.config import DEFAULT_VARIANT, EVENT_TYPES, Settings, parse_variants
 from xrec.events import IMPRESSION, REASONS
 from xrec.langid import SOURCES as LANGUAGE_SOURCES
+from xrec.ranker import OnlineRanker
+from xrec.ranking import FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,17 @@ class XrecMetrics:
             ("variant",),
         )
         self.list_length = self._histogram("xrec_list_length", "Items in each published list.", (), LIST_LENGTH_BUCKETS)
+        self.ranker_weight = self._gauge(
+            "xrec_ranker_weight",
+            "The learned ranker's weight of each score term (hand-set plus what every worker learned; with "
+            "ranker=learned in no variant, the hand-set weights).",
+            ("feature",),
+        )
+        self.ranker_updates = self._gauge(
+            "xrec_ranker_updates",
+            "Clicks this worker's learned ranker has learned from (taken items with passed-over items beside them).",
+            (),
+        )
         self.build_info = self._gauge(
             "xrec_build_info",
             "Always 1; labels say which xrec and Python version this worker runs.",
@@ -251,6 +264,8 @@ class XrecMetrics:
                 self.events.labels(type=event_type, outcome=outcome)
         for outcome in ITEM_OUTCOMES:
             self.items.labels(outcome=outcome)
+        for feature in FEATURES:
+            self.ranker_weight.labels(feature=feature)
         for variant in variants:
             self.lists_published.labels(variant=variant)
             self.variant_items_shown.labels(variant=variant)
@@ -309,6 +324,11 @@ class XrecMetrics:
             raise ValueError(f"event outcome {outcome!r} is not one of {EVENT_OUTCOMES}")
         label = event_type if event_type in EVENT_TYPE_LABELS else UNKNOWN_EVENT_TYPE
         self.events.labels(type=label, outcome=outcome).inc(count)
+
+    def set_ranker(self, ranker: OnlineRanker) -> None:
+        for feature, weight in zip(FEATURES, ranker.weights(), strict=True):
+            self.ranker_weight.labels(feature=feature).set(float(weight))
+        self.ranker_updates.set(ranker.updates)
 
     def variant_event(self, variant: str, event_type: str, items_shown: int = 0) -> None:
         """One processed event of a user in ``variant`` (an impression also counts the items it showed)."""

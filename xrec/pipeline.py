@@ -34,9 +34,11 @@ from xrec.exposure import ClickThrough
 from xrec.langid import UNDETERMINED, LanguageResolver
 from xrec.metrics import XrecMetrics
 from xrec.profile import ProfileParams, UserProfile, event_weight, review_vector
+from xrec.ranker import OnlineRanker, ShownItems
 from xrec.ranking import (
     CANDIDATE_PAYLOAD,
     Candidates,
+    CandidateTable,
     Popularity,
     RankParams,
     candidate_queries_many,
@@ -69,6 +71,7 @@ class ItemMeta:
 
     vector: np.ndarray
     lang: str
+    ts: int = 0  # as the item record said (0: unknown): what freshness reads
 
 
 class ItemCache:
@@ -207,6 +210,13 @@ class Recommender:
         self.variants = Variants(settings)
         #: Each A/B variant's ranking settings (``rank_params``: the first variant's).
         self.variant_params = {name: RankParams.from_settings(s) for name, s in self.variants.settings.items()}
+        self.learned = {name for name, s in self.variants.settings.items() if s.ranker == "learned"}
+        self.ranker = OnlineRanker(
+            self.rank_params.weights(),
+            settings.ranker_learning_rate,
+            settings.ranker_l2,
+            frozen=settings.ranker_learning == "frozen",
+        )
         self.weights = settings.weights
         self.cache = ItemCache(settings.item_cache_size)
         self.popularity = Popularity()
@@ -245,7 +255,10 @@ class Recommender:
         deletes = [r.item_id for r in latest.values() if isinstance(r, ItemDelete)]
         ready, result.rejected = await self.encode_items(upserts)
         points = [ItemPoint(u.item_id, u.vector, u.payload()) for u in ready if u.vector is not None]
-        metas = {p.item_id: ItemMeta(np.asarray(p.vector, np.float32), str(p.payload["lang"])) for p in points}
+        metas = {
+            p.item_id: ItemMeta(np.asarray(p.vector, np.float32), str(p.payload["lang"]), int(p.payload.get("ts") or 0))
+            for p in points
+        }
         if not counted and (metas or deletes):
             with self._stage("query"):
                 previous = await self._item_meta(set(metas) | set(deletes))  # what the statistics count now
@@ -369,7 +382,7 @@ class Recommender:
                         redelivered[event.user_id] = event
                     continue
                 if isinstance(event, Impression):
-                    self._shown(profile, event, [known[i].lang for i in event.item_ids])
+                    await self._shown(profile, event, [known[i] for i in event.item_ids], space)
                 else:
                     meta = known[event.item_id]
                     self._apply(profile, event, meta, neutral[id(event)], texts.get(event.event_id))
@@ -404,7 +417,7 @@ class Recommender:
         for user_id, profile in users.items():
             if profile.has_interests:
                 by_variant.setdefault(self.variants.of(user_id), []).append(user_id)
-        groups = [(self.variant_params[v], [users[u] for u in ids]) for v, ids in by_variant.items()]
+        groups = [(self.params_of(v), [users[u] for u in ids]) for v, ids in by_variant.items()]
         columns, spans = await self._search(groups, space)
         lists: list[RecommendationList] = []
         with self._stage("rank"):
@@ -422,7 +435,7 @@ class Recommender:
                     variant = self.variants.of(user_id)
                     trigger = triggers.get(user_id)
                     langs = [trigger.lang] if trigger is not None and trigger.lang else []
-                    length = self.variant_params[variant].list_length
+                    length = self.params_of(variant).list_length
                     items = self.popularity.cold_start(profile, length, langs)
                     lists.append(self._list(user_id, trigger, STRATEGY_POPULAR, items, now, variant))
         return lists
@@ -435,7 +448,7 @@ class Recommender:
         with the ranking settings of ``variant`` (default: the first). For evaluations: what they measure
         is what is served."""
         space = self.space.view()
-        params = self.variant_params[variant or self.variants.default]
+        params = self.params_of(variant or self.variants.default)
         centroids = None
         if params.query_expansion and profile.has_interests:
             columns, spans = await self._search([(params, [profile])], space)
@@ -445,6 +458,11 @@ class Recommender:
         ctr = self._click_through(params, cands.ids, cands.langs)
         scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space, centroids, ctr)
         return scores
+
+    def params_of(self, variant: str) -> RankParams:
+        """A variant's ranking settings; a learned ranker's weights are the ones learned so far."""
+        params = self.variant_params[variant]
+        return params.with_weights(self.ranker.weights()) if variant in self.learned else params
 
     @property
     def rank_params(self) -> RankParams:
@@ -456,10 +474,10 @@ class Recommender:
         self.variant_params[self.variants.default] = params
 
     def _click_through(
-        self, params: RankParams, item_ids: Sequence[str], langs: Sequence[Any]
+        self, params: RankParams, item_ids: Sequence[str], langs: Sequence[Any], always: bool = False
     ) -> dict[str, float] | None:
         """Click-through lift by item id, or None when it does not count (off, or no impression yet)."""
-        if not params.ctr_weight or not self.exposure.total.shown:
+        if not (params.ctr_weight or always) or not self.exposure.total.shown:
             return None
         named = [str(lang) if lang is not None else UNDETERMINED for lang in langs] or [UNDETERMINED] * len(item_ids)
         return dict(zip(item_ids, self.exposure.lift(item_ids, named).tolist(), strict=True))
@@ -524,10 +542,32 @@ class Recommender:
         if weight > 0:
             self.popularity.add(event.item_id, meta.lang, ts, weight)
             self.exposure.clicked(event.item_id, meta.lang, ts)
+            if self.learned:
+                self.ranker.taken(event.user_id, event.item_id)
 
-    def _shown(self, profile: UserProfile, impression: Impression, langs: list[str]) -> None:
-        """One impression: the user's fatigue with each item, and the items' click-through counts."""
+    async def _shown(
+        self, profile: UserProfile, impression: Impression, metas: list[ItemMeta], space: NeutralSpace
+    ) -> None:
+        """One impression: what the learned ranker saw (the terms of each item's score before it), then the
+        user's fatigue with each item and the items' click-through counts."""
         ts = min(impression.ts, int(self.clock_ms()) + 60_000)
+        langs = [m.lang for m in metas]
+        if self.learned and profile.has_interests:
+            ids = list(impression.item_ids)
+            cands = Candidates(
+                ids, np.stack([m.vector for m in metas]), langs, np.asarray([m.ts for m in metas], np.int64)
+            )
+            params = self.rank_params
+            table = CandidateTable.of(
+                cands, params, self.popularity.trend(ids), space, self._click_through(params, ids, langs, always=True)
+            )
+            centroids = None
+            if params.query_expansion:  # the interests as ranking expands them, so the terms are the served ones
+                columns, spans = await self._search([(params, [profile])], space)
+                neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
+                centroids = expand_interests([profile], columns, spans, neutral, params.query_expansion)
+            features, _ = table.features([profile], None, params, self.profile_params, ts, centroids)
+            self.ranker.shown(impression.user_id, ShownItems(ids, features[0], impression.positions))
         profile.was_shown(impression.item_ids, self.profile_params)
         self.exposure.shown(impression.item_ids, langs, ts)
 
@@ -555,9 +595,13 @@ class Recommender:
                 found[item_id] = meta
         if missing:
             with self._store_op("fetch"):
-                stored = await self.store.fetch(missing, payload_fields=("lang",))
+                stored = await self.store.fetch(missing, payload_fields=("lang", "ts"))
             for item_id, item in stored.items():
-                meta = ItemMeta(np.asarray(item.vector, np.float32), str(item.payload.get("lang", "und")))
+                meta = ItemMeta(
+                    np.asarray(item.vector, np.float32),
+                    str(item.payload.get("lang", "und")),
+                    int(item.payload.get("ts") or 0),
+                )
                 self.cache.put(item_id, meta)
                 found[item_id] = meta
         return found

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -56,6 +56,34 @@ class RankParams:
     mmr_lambda: float = _DEFAULTS.mmr_lambda
     query_expansion: int = _DEFAULTS.query_expansion
 
+    def weights(self) -> np.ndarray:
+        """The weight of each of ``FEATURES`` in the score (the interest term's is 1)."""
+        language = self.language_weight if self.language_policy != "any" else 0.0
+        return np.asarray(
+            [
+                1.0,
+                self.negative_weight,
+                language,
+                self.freshness_weight,
+                self.trending_weight,
+                self.ctr_weight,
+                self.fatigue_weight,
+            ]
+        )
+
+    def with_weights(self, weights: np.ndarray) -> RankParams:
+        """These settings scoring with other weights (``weights()`` order; the interest weight is taken as 1)."""
+        w = [float(x) for x in weights]
+        return replace(
+            self,
+            negative_weight=w[1],
+            language_weight=w[2] if self.language_policy != "any" else self.language_weight,
+            freshness_weight=w[3],
+            trending_weight=w[4],
+            ctr_weight=w[5],
+            fatigue_weight=w[6],
+        )
+
     @classmethod
     def from_settings(cls, s: Settings) -> RankParams:
         return cls(
@@ -74,6 +102,11 @@ class RankParams:
             query_expansion=s.query_expansion,
         )
 
+
+#: The terms of a score, in ``CandidateTable.features`` order, each signed so that a positive weight helps
+#: what users take: similarity to their interests, to their dislikes (negated), affinity for the item's language
+#: (under language policy prefer/only), freshness, trend, click-through lift, times shown untaken (negated, log2).
+FEATURES = ("interest", "dislike", "language", "freshness", "trend", "ctr", "fatigue")
 
 #: The payload fields ranking reads of a candidate (``Candidates.from_columns``).
 CANDIDATE_PAYLOAD = ("lang", "ts")
@@ -344,8 +377,8 @@ class CandidateTable:
 
     cands: Candidates
     neutral: np.ndarray  # (n, dim) unit vectors in the neutral space: scored against interests, compared by MMR
-    trend: np.ndarray | None  # (n,) popularity relative to the top item, when trending counts
-    ctr: np.ndarray | None = None  # (n,) click-through lift (``xrec.exposure``), when it counts
+    trend: np.ndarray | None  # (n,) popularity relative to the top item, when given
+    ctr: np.ndarray | None = None  # (n,) click-through lift (``xrec.exposure``), when given
 
     @classmethod
     def of(
@@ -359,8 +392,8 @@ class CandidateTable:
         return cls(
             cands=cands,
             neutral=space.neutral(cands.vectors, cands.langs) if space is not None else cands.vectors,
-            trend=np.asarray([trend.get(i, 0.0) for i in cands.ids]) if params.trending_weight and trend else None,
-            ctr=np.asarray([ctr.get(i, 0.0) for i in cands.ids]) if params.ctr_weight and ctr else None,
+            trend=np.asarray([trend.get(i, 0.0) for i in cands.ids]) if trend else None,
+            ctr=np.asarray([ctr.get(i, 0.0) for i in cands.ids]) if ctr else None,
         )
 
     def rank(
@@ -440,6 +473,21 @@ class CandidateTable:
         the formula of the module docstring, for every user at once (padding rows are scored too, and
         left out by the caller). ``rows`` None: one user, every candidate of the table. ``centroids``
         replace the profiles' interests (neutral, one array per profile)."""
+        features, interest_of = self.features(profiles, rows, params, profile_params, now_ms, centroids)
+        return features @ params.weights(), interest_of
+
+    def features(
+        self,
+        profiles: Sequence[UserProfile],
+        rows: np.ndarray | None,
+        params: RankParams,
+        profile_params: ProfileParams,
+        now_ms: int,
+        centroids: Sequence[np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The terms of the score (users, candidates, ``FEATURES``), each signed so that the score is their
+        weighted sum (``RankParams.weights``), and the interest each candidate answers. A term whose data is
+        missing (no dislikes, no trend or click-through counts given) is 0."""
         cands = self.cands
         users, dim = len(profiles), cands.vectors.shape[1]
         width = max(len(p.centroids) for p in profiles)
@@ -461,7 +509,7 @@ class CandidateTable:
             missing[u, :k] = False
             mean_log_rel[u] = (rel / max(float(rel.sum()), 1e-12)) @ log_rel[u, :k]
             neg_dir, strength = profile.negative_direction()
-            if neg_dir is not None and params.negative_weight:
+            if neg_dir is not None:
                 if dislike is None:
                     dislike = np.zeros((users, dim), np.float32)
                 dislike[u] = neg_dir
@@ -475,33 +523,33 @@ class CandidateTable:
         logits -= logits.max(axis=2, keepdims=True)
         attention = np.exp(logits)
         attention /= attention.sum(axis=2, keepdims=True)
-        score = (attention * sims).sum(axis=2)
-        if params.interest_temperature > 0:  # faded interests price their matches down (module docstring)
-            score += (attention @ (log_rel - mean_log_rel[:, None])[:, :, None])[:, :, 0] / params.interest_temperature
-        if dislike is not None:
-            score -= params.negative_weight * dislike_strength[:, None] * (vectors @ dislike[:, :, None])[:, :, 0]
         at = np.arange(len(cands))[None, :] if rows is None else rows
-        if params.language_weight and params.language_policy != "any":
+        out = np.zeros((users, at.shape[1], len(FEATURES)))
+        out[:, :, 0] = (attention * sims).sum(axis=2)
+        if params.interest_temperature > 0:  # faded interests price their matches down (module docstring)
+            out[:, :, 0] += (attention @ (log_rel - mean_log_rel[:, None])[:, :, None])[
+                :, :, 0
+            ] / params.interest_temperature
+        if dislike is not None:
+            out[:, :, 1] = -dislike_strength[:, None] * (vectors @ dislike[:, :, None])[:, :, 0]
+        if params.language_policy != "any":
             for u, profile in enumerate(profiles):
                 affinity = profile.language_affinity()
-                score[u] += params.language_weight * np.asarray([affinity.get(cands.langs[r], 0.0) for r in at[u]])
-        if params.freshness_weight:
-            ts = cands.ts[at]
-            age_h = np.maximum(0, now_ms - ts) / 3_600_000.0
-            score += params.freshness_weight * np.where(ts > 0, np.exp2(-age_h / params.freshness_half_life_hours), 0.0)
+                out[u, :, 2] = [affinity.get(cands.langs[r], 0.0) for r in at[u]]
+        ts = cands.ts[at]
+        age_h = np.maximum(0, now_ms - ts) / 3_600_000.0
+        out[:, :, 3] = np.where(ts > 0, np.exp2(-age_h / params.freshness_half_life_hours), 0.0)
         if self.trend is not None:
-            score += params.trending_weight * self.trend[at]
+            out[:, :, 4] = self.trend[at]
         if self.ctr is not None:
-            score += params.ctr_weight * self.ctr[at]
-        if params.fatigue_weight:
-            for u, profile in enumerate(profiles):
-                if profile.shown:
-                    shown = profile.times_shown([cands.ids[r] for r in at[u]])
-                    score[u] -= params.fatigue_weight * np.log2(1.0 + shown)
+            out[:, :, 5] = self.ctr[at]
+        for u, profile in enumerate(profiles):
+            if profile.shown:
+                out[u, :, 6] = -np.log2(1.0 + profile.times_shown([cands.ids[r] for r in at[u]]))
         # The interest a candidate answers (``because``): the one its attention goes to, or at temperature 0
         # (every candidate attends alike, by importance) the one it is nearest.
         answered = attention if params.interest_temperature > 0 else np.where(missing[:, None, :], -np.inf, sims)
-        return score, np.argmax(answered, axis=2)
+        return out, np.argmax(answered, axis=2)
 
 
 class Popularity:

@@ -27,6 +27,7 @@ class TopicNames:
     recommendations: str
     dlq: str
     language_stats: str  # the neutral space's statistics, per store and items partition (compacted)
+    ranker: str  # what each worker's learned ranker has learned (compacted)
 
     @classmethod
     def from_settings(cls, s: Settings) -> TopicNames:
@@ -38,6 +39,7 @@ class TopicNames:
             recommendations=s.topic_recommendations,
             dlq=s.topic_dlq,
             language_stats=s.topic_language_stats,
+            ranker=s.topic_ranker,
         )
 
 
@@ -60,6 +62,7 @@ def topic_specs(s: Settings, space: VectorSpace | None = None) -> list[TopicSpec
         TopicSpec(names.recommendations, s.partitions, compacted=True),
         TopicSpec(names.dlq, 1),
         TopicSpec(names.language_stats, 1, compacted=True),
+        TopicSpec(names.ranker, 1, compacted=True),
     ]
     if space is not None:
         config = {"cleanup.policy": "compact", "max.message.bytes": str(VECTOR_RECORD_MAX_BYTES)}

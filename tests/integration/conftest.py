@@ -131,7 +131,7 @@ def worker_env(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerEnv]:
         "XREC_UNKNOWN_ITEM_WAIT_S": "2",
         **{
             f"XREC_TOPIC_{name.upper()}": f"{tag}.{name}"
-            for name in ("items", "events", "control", "recommendations", "dlq", "language_stats")
+            for name in ("items", "events", "control", "recommendations", "dlq", "language_stats", "ranker")
         },
     }
     we = WorkerEnv(bootstrap=kafka_bootstrap, tmp=tmp_path, env=env)

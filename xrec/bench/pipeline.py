@@ -514,7 +514,7 @@ class Bench:
             "XREC_WEB_PORT": str(free_port()),
             **{
                 f"XREC_TOPIC_{t.upper()}": f"bench-{tag}.{t}"
-                for t in ("items", "events", "control", "recommendations", "dlq", "language_stats")
+                for t in ("items", "events", "control", "recommendations", "dlq", "language_stats", "ranker")
             },
         }
         return Settings.from_env({**os.environ, **env}), env

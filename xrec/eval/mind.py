@@ -208,7 +208,7 @@ class Replay:
         if case is not None:
             await self._score(case)
         clicked = [k for k, label in shown if label]
-        if self.with_impressions:
+        if self.with_impressions and shown:
             await self._shown(imp, [k for k, _ in shown])
         if clicked:
             await self._events(imp.user_id, [(f"{imp.impression_id}:{k}", k, imp.ts) for k in clicked])
@@ -218,7 +218,7 @@ class Replay:
         """The impression as the stream would carry it: an impression event, before its clicks."""
         from xrec.events import Impression as ShownEvent
 
-        event = ShownEvent(f"{imp.impression_id}:shown", imp.user_id, tuple(keys), imp.ts, tuple(range(len(keys))))
+        event = ShownEvent(f"{imp.impression_id}:shown", imp.user_id, tuple(keys), imp.ts)  # MIND keeps no positions
         result = await self.rec.handle_events([event], self.profiles)
         if result.rejected or result.waiting:
             raise RuntimeError(f"the engine did not take impression {imp.impression_id}")

@@ -1,0 +1,164 @@
+"""The online-learned ranker: it learns weights that are known to be right, it starts from the hand-set
+ones, and nothing but a click on an item its user was shown moves it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from streams.ranker_weights import RankerWeightsSync, decode_delta, encode_delta, worker_id
+from tests.unit.test_pipeline import DIM, T0, Clock, catalog, event
+from xrec.config import Settings
+from xrec.eval.metrics import auc
+from xrec.events import Impression
+from xrec.metrics import XrecMetrics
+from xrec.pipeline import Recommender
+from xrec.ranker import OnlineRanker, ShownItems
+from xrec.ranking import FEATURES, RankParams
+from xrec.store import open_store
+
+pytestmark = pytest.mark.unit
+
+HAND_SET = RankParams().weights()
+
+
+def synthetic_impressions(n: int, truth: np.ndarray, seed: int) -> list[tuple[np.ndarray, int]]:
+    """Impressions of 10 items with random terms; the user takes the item the true weights score best
+    (with some noise): what a stream whose right weights are ``truth`` looks like."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        features = rng.normal(size=(10, len(FEATURES))) * np.asarray([0.2, 0.1, 0.0, 0.3, 0.3, 0.5, 0.5])
+        taken = int(np.argmax(features @ truth + rng.gumbel(size=10) * 0.1))
+        out.append((features, taken))
+    return out
+
+
+def mean_auc(weights: np.ndarray, impressions: list[tuple[np.ndarray, int]]) -> float:
+    return float(np.mean([auc(np.eye(10)[taken], features @ weights) for features, taken in impressions]))
+
+
+def test_on_a_stream_whose_right_weights_are_known_the_learned_ranker_moves_toward_them() -> None:
+    truth = np.asarray([1.0, 0.5, 0.0, 0.8, -0.3, 1.5, 0.6])  # freshness and click-through matter, trend hurts
+    ranker = OnlineRanker(HAND_SET, learning_rate=0.05, l2=0.001)
+    for n, (features, taken) in enumerate(synthetic_impressions(3000, truth, seed=1)):
+        ranker.shown(f"u{n}", ShownItems([f"i{j}" for j in range(10)], features, None))
+        assert ranker.taken(f"u{n}", f"i{taken}")
+    held_out = synthetic_impressions(500, truth, seed=2)
+    assert mean_auc(ranker.weights(), held_out) > mean_auc(HAND_SET, held_out) + 0.05
+    learned = ranker.weights()
+    assert learned[3] > 0.3 and learned[5] > HAND_SET[5] + 0.3 and learned[4] < 0  # the signs the truth has
+    assert ranker.updates == 3000
+
+
+def test_it_starts_from_the_hand_set_weights_and_keeps_the_interest_weight_at_one() -> None:
+    ranker = OnlineRanker(HAND_SET, learning_rate=0.1, l2=0.0)
+    np.testing.assert_allclose(ranker.weights(), HAND_SET)
+    ranker.learn(np.asarray([1.0, 0, 0, 0, 0, 1.0, 0]), np.zeros((3, len(FEATURES))))
+    assert ranker.weights()[0] == 1.0 and ranker.raw[0] > 1.0
+    assert RankParams().with_weights(ranker.weights()).ctr_weight == pytest.approx(ranker.weights()[5])
+
+
+def test_with_positions_only_the_items_above_the_taken_one_and_the_next_count_as_passed_over() -> None:
+    shown = ShownItems(["a", "b", "c", "d", "e"], np.zeros((5, len(FEATURES))), (4, 0, 1, 2, 3))
+    assert shown.passed_over("d").tolist() == [1, 2, 4]  # b and c above it, e right after it
+    shown.taken.add("d")
+    assert shown.passed_over("b").tolist() == [2]  # nothing above; c right after
+    assert ShownItems(["a", "b", "c"], np.zeros((3, 7)), None).passed_over("b").tolist() == [0, 2]
+
+
+def test_only_a_first_click_on_an_item_of_the_users_latest_impression_teaches_and_frozen_learns_nothing() -> None:
+    ranker = OnlineRanker(HAND_SET, learning_rate=0.1, l2=0.0)
+    features = np.eye(3, len(FEATURES))
+    ranker.shown("u", ShownItems(["a", "b", "c"], features, None))
+    assert not ranker.taken("u", "z")  # not shown
+    assert not ranker.taken("someone-else", "a")
+    assert ranker.taken("u", "a")
+    assert not ranker.taken("u", "a")  # the same click again
+    frozen = OnlineRanker(HAND_SET, learning_rate=0.1, l2=0.0, frozen=True)
+    frozen.shown("u", ShownItems(["a", "b", "c"], features, None))
+    assert not frozen.taken("u", "a") and frozen.updates == 0
+    np.testing.assert_allclose(frozen.weights(), HAND_SET)
+
+
+@pytest.fixture
+async def learning_engine(tmp_path: Path) -> Recommender:
+    settings = Settings(
+        store_backend="edge",
+        store_path=str(tmp_path / "store"),
+        unknown_item_wait_s=5.0,
+        variants="learned=50 ranker=learned; fixed=50",
+        ranker_learning_rate=0.5,
+    )
+    rec = Recommender(settings, open_store(settings, dim=DIM), encoder=None, dim=DIM, clock_ms=Clock())
+    await rec.start()
+    await rec.handle_items(catalog())
+    return rec
+
+
+async def test_impressions_and_their_clicks_teach_the_engines_learned_ranker(learning_engine: Recommender) -> None:
+    rec, profiles = learning_engine, {}
+    await rec.handle_events([event("u1", "t0-en-0")], profiles)
+    shown = Impression("imp-1", "u1", ("t0-en-1", "t1-en-0", "t2-en-0"), T0)
+    await rec.handle_events([shown, event("u1", "t1-en-0", ts=T0 + 1)], profiles)
+    assert rec.ranker.updates == 1
+    assert not np.allclose(rec.ranker.weights(), HAND_SET)
+    learned = rec.params_of("learned")
+    assert learned.ctr_weight == pytest.approx(rec.ranker.weights()[5])
+    assert rec.params_of("fixed") == rec.variant_params["fixed"]  # the fixed variant keeps its settings
+
+
+async def test_hostile_or_unknown_impressions_never_move_the_weights(learning_engine: Recommender) -> None:
+    rec, profiles = learning_engine, {}
+    await rec.handle_events([event("u1", "t0-en-0")], profiles)
+    waiting = Impression("imp-x", "u1", ("t0-en-1", "no-such-item"), T0)
+    result = await rec.handle_events([waiting, event("u1", "t0-en-1", ts=T0 + 1)], profiles)
+    assert result.waiting == 1 and rec.ranker.updates == 0  # the impression waits for its item: nothing learned
+    shown = Impression("imp-1", "u1", ("t0-en-2", "t1-en-0"), T0)
+    await rec.handle_events([shown], profiles)
+    result = await rec.handle_events([shown, event("u1", "t2-en-0", ts=T0 + 2)], profiles)
+    assert result.duplicates == [shown]
+    assert rec.ranker.updates == 0  # a redelivered impression, then a click on an item it did not show
+    np.testing.assert_allclose(rec.ranker.weights(), HAND_SET)
+
+
+def test_a_delta_round_trips_and_a_record_of_other_features_is_refused() -> None:
+    ranker = OnlineRanker(HAND_SET, 0.1, 0.0)
+    ranker.learn(np.ones(len(FEATURES)), np.zeros((1, len(FEATURES))))
+    delta, updates = decode_delta(encode_delta(ranker))
+    np.testing.assert_allclose(delta, ranker.own)
+    assert updates == 1
+    for bad in (b"{}", b"nope", b'{"features": ["interest"], "delta": [1], "updates": 1}'):
+        with pytest.raises(ValueError):
+            decode_delta(bad)
+
+
+def test_a_worker_keeps_its_id_in_its_state_directory(tmp_path: Path) -> None:
+    assert worker_id(tmp_path / "state") == worker_id(tmp_path / "state") != worker_id(tmp_path / "other")
+
+
+def test_the_sync_takes_other_workers_deltas_of_its_generation_and_goes_on_from_its_own(tmp_path: Path) -> None:
+    settings = Settings(app_id="app", ranker_generation=2, state_dir=str(tmp_path / "state"))
+    ranker = OnlineRanker(HAND_SET, 0.1, 0.0)
+    runtime = SimpleNamespace(
+        settings=settings,
+        recommender=SimpleNamespace(ranker=ranker),
+        topics=SimpleNamespace(ranker="t"),
+        metrics=XrecMetrics(),
+    )
+    sync = RankerWeightsSync(runtime, "localhost:9092")  # type: ignore[arg-type]
+    other = OnlineRanker(HAND_SET, 0.1, 0.0)
+    other.learn(np.ones(len(FEATURES)), np.zeros((1, len(FEATURES))))
+    sync.apply(b"app/2/elsewhere", encode_delta(other))
+    sync.apply(b"app/1/old-generation", encode_delta(other))
+    sync.apply(b"other-app/2/x", encode_delta(other))
+    sync.apply(sync.key.encode(), encode_delta(other))  # what this worker published before it restarted
+    np.testing.assert_allclose(ranker.others, other.own)
+    sync.restore()
+    np.testing.assert_allclose(ranker.own, other.own)
+    assert ranker.updates == 1
+    sync.apply(b"app/2/elsewhere", None)  # gone from the topic
+    np.testing.assert_allclose(ranker.others, np.zeros(len(FEATURES)))

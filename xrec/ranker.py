@@ -1,0 +1,117 @@
+"""The online-learned ranker: the weights of the score's terms, learned from what users were shown
+and what they took.
+
+The score is a weighted sum of terms the engine already has (``ranking.FEATURES``: interest
+similarity, dislikes, language affinity, freshness, trend, click-through lift, fatigue). The fixed
+ranker uses the hand-set weights of the settings. The learned ranker starts from exactly those and
+moves them by pairwise logistic regression (SGD): when a user takes an item from an impression, the
+item should have scored above the items of the same impression they passed over, with the terms as
+they were when the impression was shown. With positions, only the items shown above the taken one
+and the one right after it count as passed over (a user who clicks the second item has seen the
+first, not necessarily the tenth). An L2 pull toward the hand-set weights keeps a quiet deployment
+where it started.
+
+Learning is additive: what a worker learned is a *delta* on the hand-set weights, and the weights in
+use are the hand-set ones plus the deltas of every worker (``streams/ranker_weights.py`` shares them
+through a compacted topic), so each worker learns from its own users and all rank alike. Served
+weights are divided by the interest term's weight, so scores stay on the scale MMR expects.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Users whose latest impression is kept for the clicks that may follow it.
+PENDING_USERS = 50_000
+#: The interest term's weight never falls below this share of its hand-set value when served.
+MIN_INTEREST_WEIGHT = 0.05
+
+
+@dataclass
+class ShownItems:
+    """A user's latest impression as the ranker saw it: the items, their terms, their positions."""
+
+    item_ids: list[str]
+    features: np.ndarray  # (items, FEATURES)
+    positions: tuple[int, ...] | None
+    taken: set[str] = field(default_factory=set)
+
+    def passed_over(self, item_id: str) -> np.ndarray:
+        """The rows of the items passed over when ``item_id`` was taken (skip-above and next with positions)."""
+        index = self.item_ids.index(item_id)
+        others = [j for j, other in enumerate(self.item_ids) if other not in self.taken and j != index]
+        if self.positions is not None:
+            at = self.positions[index]
+            below = [self.positions[j] for j in others if self.positions[j] > at]
+            nearest = min(below) if below else None
+            others = [j for j in others if self.positions[j] < at or self.positions[j] == nearest]
+        return np.asarray(others, np.int64)
+
+
+class OnlineRanker:
+    """Hand-set weights plus learned deltas (this worker's and the others'), updated pair by pair."""
+
+    def __init__(self, initial: np.ndarray, learning_rate: float, l2: float, frozen: bool = False) -> None:
+        self.initial = initial.astype(np.float64)
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.frozen = frozen
+        self.own = np.zeros_like(self.initial)  # what this worker learned
+        self.others = np.zeros_like(self.initial)  # the sum of every other worker's delta
+        self.updates = 0  # pairs this worker learned from
+        self.pending: OrderedDict[str, ShownItems] = OrderedDict()
+
+    @property
+    def raw(self) -> np.ndarray:
+        return self.initial + self.own + self.others
+
+    def weights(self) -> np.ndarray:
+        """The weights to score with: the learned ones, scaled so the interest term's weight is its hand-set one."""
+        raw = self.raw
+        interest = max(float(raw[0]), MIN_INTEREST_WEIGHT * float(self.initial[0]))
+        return raw * (self.initial[0] / interest)
+
+    def set_others(self, deltas: Mapping[str, np.ndarray]) -> None:
+        """The deltas the other workers published (read from the shared topic)."""
+        total = np.zeros_like(self.initial)
+        for delta in deltas.values():
+            if delta.shape == total.shape and np.all(np.isfinite(delta)):
+                total += delta
+        self.others = total
+
+    def shown(self, user_id: str, items: ShownItems) -> None:
+        """Keep a user's latest impression (replacing the one before) for the clicks that follow it."""
+        self.pending.pop(user_id, None)
+        self.pending[user_id] = items
+        while len(self.pending) > PENDING_USERS:
+            self.pending.popitem(last=False)
+
+    def taken(self, user_id: str, item_id: str) -> bool:
+        """A user took an item: learn from it if their latest impression showed it. True if it did."""
+        items = self.pending.get(user_id)
+        if items is None or item_id not in items.item_ids or item_id in items.taken:
+            return False
+        passed = items.passed_over(item_id)
+        items.taken.add(item_id)
+        if not len(passed) or self.frozen:
+            return False
+        self.learn(items.features[items.item_ids.index(item_id)], items.features[passed])
+        return True
+
+    def learn(self, taken: np.ndarray, passed: np.ndarray) -> None:
+        """One step of pairwise logistic regression: ``taken`` should outscore each row of ``passed``."""
+        diff = taken[None, :] - passed
+        margin = diff @ self.raw
+        pull = 1.0 / (1.0 + np.exp(np.clip(margin, -30, 30)))  # 1 − σ(margin): how wrong the order was
+        gradient = (pull[:, None] * diff).mean(axis=0) - self.l2 * self.own
+        self.own = self.own + self.learning_rate * gradient
+        self.updates += 1
+
+    def reset(self) -> None:
+        self.own = np.zeros_like(self.initial)
+        self.others = np.zeros_like(self.initial)
+        self.updates = 0
