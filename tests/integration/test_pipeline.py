@@ -102,8 +102,9 @@ def test_a_click_publishes_a_contract_list_keyed_by_the_user(worker_env: WorkerE
     msgs = worker_env.consume(worker_env.topics["recommendations"], lambda ms: bool(lists_for(ms, "U1")))
     [message] = [m for m in msgs if m.key == b"U1"]
     lst = orjson.loads(message.value)
-    assert set(lst) == {"user_id", "generated_at", "trigger_event_id", "strategy", "variant", "items"}
+    assert set(lst) == {"list_id", "user_id", "generated_at", "trigger_event_id", "strategy", "variant", "items"}
     assert lst["user_id"] == "U1" and lst["trigger_event_id"] == event["event_id"]
+    assert lst["variant"] == "A" and isinstance(lst["list_id"], str) and len(lst["list_id"]) == 16
     assert lst["strategy"] == "multi-interest"
     assert len(lst["items"]) == 10
     assert all(set(i) == {"item_id", "score", "lang", "because"} for i in lst["items"])
