@@ -108,7 +108,7 @@ def test_a_missing_wrong_or_unknown_lang_is_resolved_and_never_stops_the_worker(
         "body": "研究團隊使用太空望遠鏡觀測了三年，確認這顆行星的大小與地球相近，並且位於宜居帶之內。",
         "category": "astronomy",
     }
-    odd = [
+    odd: list[dict[str, Any]] = [
         {**zh_text, "item_id": "no-lang", "lang": None},  # identified from the text
         {**zh_text, "item_id": "wrong-lang", "lang": "en"},  # corrected: the text is Mandarin
         {**zh_text, "item_id": "unknown-tag", "lang": "x-klingon"},  # a tag nobody knows: kept as sent

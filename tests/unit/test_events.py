@@ -138,6 +138,7 @@ def test_every_event_type_parses_into_an_interaction(etype: str) -> None:
 
 def test_a_review_keeps_its_text_rating_and_language() -> None:
     rec = parse_event(event(type="review", text="  Très bien écrit.  ", rating=4, lang="FR"), LIMITS)
+    assert isinstance(rec, Interaction)
     assert parse_event(rec.to_json(), LIMITS) == rec
     assert rec.text == "Très bien écrit."
     assert rec.rating == 4.0 and isinstance(rec.rating, float)
@@ -146,6 +147,7 @@ def test_a_review_keeps_its_text_rating_and_language() -> None:
 
 def test_explicit_nulls_mean_absent() -> None:
     rec = parse_event(event(text=None, rating=None, lang=None), LIMITS)
+    assert isinstance(rec, Interaction)
     assert (rec.text, rec.rating, rec.lang) == (None, None, None)
 
 

@@ -296,6 +296,7 @@ def test_a_valid_event_round_trips_through_json(
     wire = {**extra, "user_id": user_id, "item_id": item_id, "type": etype, "ts": ts[0]}
     wire |= {"event_id": event_id, "text": text, "rating": rating, "lang": lang}
     rec = parse_event(orjson.dumps(wire), Limits())
+    assert isinstance(rec, Interaction)
     check_invariants(rec, Limits())
     assert (rec.user_id, rec.item_id, rec.type, rec.ts) == (user_id, item_id, etype, ts[1])
     assert rec.text == ((text or "").strip() or None)

@@ -100,7 +100,7 @@ async def learning_engine(tmp_path: Path) -> Recommender:
 
 
 async def test_impressions_and_their_clicks_teach_the_engines_learned_ranker(learning_engine: Recommender) -> None:
-    rec, profiles = learning_engine, {}
+    rec, profiles = learning_engine, dict[bytes, bytes]()
     await rec.handle_events([event("u1", "t0-en-0")], profiles)
     shown = Impression("imp-1", "u1", ("t0-en-1", "t1-en-0", "t2-en-0"), T0)
     await rec.handle_events([shown, event("u1", "t1-en-0", ts=T0 + 1)], profiles)
@@ -112,7 +112,7 @@ async def test_impressions_and_their_clicks_teach_the_engines_learned_ranker(lea
 
 
 async def test_hostile_or_unknown_impressions_never_move_the_weights(learning_engine: Recommender) -> None:
-    rec, profiles = learning_engine, {}
+    rec, profiles = learning_engine, dict[bytes, bytes]()
     await rec.handle_events([event("u1", "t0-en-0")], profiles)
     waiting = Impression("imp-x", "u1", ("t0-en-1", "no-such-item"), T0)
     result = await rec.handle_events([waiting, event("u1", "t0-en-1", ts=T0 + 1)], profiles)

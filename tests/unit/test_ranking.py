@@ -273,7 +273,8 @@ def test_ranking_a_batch_of_users_gives_each_the_list_ranking_them_alone_gives()
     users[1].observe(topic(9), -1.0, T0, "c30", "en", PP, dislike=True)
     # Each user's queries answer from what the store leaves them: their seen and disliked items excluded.
     sizes = [(12, 9), (20,), (5, 15, 30)]
-    per_query, spans = [], []
+    per_query: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
     for profile, user_sizes in zip(users, sizes, strict=True):
         allowed = np.asarray([r for r in range(40) if ids[r] not in set(profile.excluded_ids())])
         spans.append((len(per_query), len(per_query) + len(user_sizes)))

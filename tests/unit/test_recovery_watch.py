@@ -21,7 +21,7 @@ def recovery() -> faust.tables.recovery.Recovery:
     """Faust's own Recovery of an app that never starts, put in the state it is in while reading
     changelogs: 120 records to read, none received yet."""
     app = faust.App("xrec-recovery-watch-test", broker="kafka://127.0.0.1:1")
-    rec = app.tables.recovery
+    rec = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager has it; TableManagerT does not say so
     rec._set_recovery_started()
     rec._recovery_started_at = STARTED
     rec.active_highwaters[CHANGELOG] = 119

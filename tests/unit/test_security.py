@@ -20,7 +20,7 @@ from streams.app import faust_broker_kwargs
 from tests.unit.test_encoder import WORDS, build_tiny_bert
 from xrec.config import Settings
 from xrec.encoder import TextEncoder
-from xrec.events import Limits, RecordError, parse_event, parse_item
+from xrec.events import Interaction, Limits, RecordError, parse_event, parse_item
 from xrec.kafka import KafkaConnection
 from xrec.metrics import XrecMetrics
 
@@ -76,7 +76,8 @@ def test_the_remote_code_probe_does_run_when_trusted_so_the_test_above_can_fail(
 def test_texts_over_max_text_chars_are_refused_before_any_encoding() -> None:
     limits = Limits(max_text_chars=1000)
     review = {"event_id": "e", "user_id": "u", "item_id": "i", "type": "review", "ts": 1_731_412_486_000}
-    assert parse_event(orjson.dumps({**review, "text": "x" * 1000}), limits).text == "x" * 1000
+    accepted = parse_event(orjson.dumps({**review, "text": "x" * 1000}), limits)
+    assert isinstance(accepted, Interaction) and accepted.text == "x" * 1000
     for raw in (
         orjson.dumps({**review, "text": "x" * 1001}),
         orjson.dumps({"item_id": "i", "title": "t" * 1001}),
@@ -99,6 +100,7 @@ class PassShapes:
 
     def __init__(self, encoder: TextEncoder) -> None:
         self.shapes: list[tuple[int, int]] = []
+        assert encoder.model is not None
         self.handle = encoder.model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -100,7 +100,9 @@ def test_the_space_is_the_sum_of_its_parts_and_a_part_can_be_taken_from_elsewher
         shared.set_part(key, split.part(key))
     for space in (split, shared):
         assert space.stats.counts == whole.stats.counts
-        np.testing.assert_allclose(space.view().mean, whole.view().mean, atol=1e-6)
+        mine, wanted = space.view().mean, whole.view().mean
+        assert mine is not None and wanted is not None
+        np.testing.assert_allclose(mine, wanted, atol=1e-6)
 
 
 # --- the neutral space -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ async def assert_same_answers(fast: EdgeStore, scan: EdgeStore, queries: list[Ve
 
 
 @pytest.fixture
-async def pair(tmp_path: Path) -> tuple[EdgeStore, EdgeStore]:
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[EdgeStore, EdgeStore]]:
     fast = EdgeStore(tmp_path / "fast", dim=DIM, index_threshold=10_000)
     scan = EdgeStore(tmp_path / "scan", dim=DIM, index_threshold=10_000, batch_exact=False)
     for store in (fast, scan):
@@ -92,7 +93,7 @@ async def test_columns_hold_the_same_answers_as_the_hits_with_each_item_once(
     for answer, rows, scores in zip(hits, columns.per_query, columns.scores, strict=True):
         assert [columns.item_ids[r] for r in rows] == [h.item_id for h in answer]
         np.testing.assert_allclose(scores, [h.score for h in answer], atol=1e-6)
-        np.testing.assert_allclose(columns.vectors[rows], [h.vector for h in answer], atol=1e-6)
+        np.testing.assert_allclose(columns.vectors[rows], np.stack([np.asarray(h.vector) for h in answer]), atol=1e-6)
         for field in ("lang", "ts"):
             assert [columns.payload[field][r] for r in rows] == [h.payload.get(field) for h in answer]
 
