@@ -34,6 +34,7 @@ _LAZY = {
     "ItemUpsert": "xrec.events",
     "ItemDelete": "xrec.events",
     "Interaction": "xrec.events",
+    "Impression": "xrec.events",
     "ForgetUser": "xrec.events",
     "RecommendationList": "xrec.events",
     "RecommendedItem": "xrec.events",
@@ -51,6 +52,7 @@ __all__ = [
     "DeviceUnavailableError",
     "EventBatchResult",
     "ForgetUser",
+    "Impression",
     "Interaction",
     "ItemBatchResult",
     "ItemDelete",
@@ -91,6 +93,7 @@ if TYPE_CHECKING:
     from xrec.encoder import DeviceUnavailableError, TextEncoder
     from xrec.events import (
         ForgetUser,
+        Impression,
         Interaction,
         ItemDelete,
         ItemUpsert,
