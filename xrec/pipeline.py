@@ -449,15 +449,21 @@ class Recommender:
         is what is served."""
         space = self.space.view()
         params = self.params_of(variant or self.variants.default)
-        centroids = None
-        if params.query_expansion and profile.has_interests:
-            columns, spans = await self._search([(params, [profile])], space)
-            neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
-            [centroids] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
+        centroids = await self._expanded(profile, params, space)
         trend = self.popularity.trend(cands.ids) if params.trending_weight else None
         ctr = self._click_through(params, cands.ids, cands.langs)
         scores, _ = score_candidates(profile, cands, params, self.profile_params, now_ms, trend, space, centroids, ctr)
         return scores
+
+    async def _expanded(self, profile: UserProfile, params: RankParams, space: NeutralSpace) -> np.ndarray | None:
+        """One profile's interests expanded by their own store queries' answers, as ``recommend`` expands
+        them (None: no expansion, or no interests)."""
+        if not params.query_expansion or not profile.has_interests:
+            return None
+        columns, spans = await self._search([(params, [profile])], space)
+        neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
+        [centroids] = expand_interests([profile], columns, spans, neutral, params.query_expansion)
+        return centroids
 
     def params_of(self, variant: str) -> RankParams:
         """A variant's ranking settings; a learned ranker's weights are the ones learned so far."""
@@ -561,12 +567,10 @@ class Recommender:
             table = CandidateTable.of(
                 cands, params, self.popularity.trend(ids), space, self._click_through(params, ids, langs, always=True)
             )
-            centroids = None
-            if params.query_expansion:  # the interests as ranking expands them, so the terms are the served ones
-                columns, spans = await self._search([(params, [profile])], space)
-                neutral = space.neutral(columns.vectors, Candidates.from_columns(columns).langs)
-                centroids = expand_interests([profile], columns, spans, neutral, params.query_expansion)
-            features, _ = table.features([profile], None, params, self.profile_params, ts, centroids)
+            centroids = await self._expanded(profile, params, space)  # as served, so the terms are the served ones
+            features, _ = table.features(
+                [profile], None, params, self.profile_params, ts, None if centroids is None else [centroids]
+            )
             self.ranker.shown(impression.user_id, ShownItems(ids, features[0], impression.positions))
         profile.was_shown(impression.item_ids, self.profile_params)
         self.exposure.shown(impression.item_ids, langs, ts)
