@@ -8,6 +8,7 @@ puts each profile on the same partition number as the user's events.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, cast
 import faust
 
 from streams.agents import register_agents
+from streams.click_through import start_click_through_sync
 from streams.encoding import start_encoder
 from streams.faust_tuning import RECOVERY_CHECK_EVERY_S, read_committed_only, restart_stalled_recovery
 from streams.items import start_indexer
@@ -88,6 +90,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         runtime.indexer_task = start_indexer(runtime, bootstrap)
         runtime.encoder_task = start_encoder(runtime, bootstrap)
         runtime.ranker_task = start_ranker_sync(runtime, bootstrap)
+        runtime.click_through_task = start_click_through_sync(runtime, bootstrap)
 
     topics = runtime.topics
     lag_reporter = LagReporter(
@@ -108,6 +111,14 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close_lag_probe(sender: Any, **kwargs: Any) -> None:
         await lag_reporter.probe.close()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _publish_shared_state(sender: Any, **kwargs: Any) -> None:
+        """A clean stop publishes the learned weights and click-through counts of its last seconds."""
+        for task in (runtime.ranker_task, runtime.click_through_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def _rewind_uncommitted_partitions(sender: Any, **kwargs: Any) -> None:

@@ -19,8 +19,9 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from streams.compacted import follow
 from xrec.space import CountedStats, LanguageSpace
 
 log = logging.getLogger(__name__)
@@ -46,19 +47,13 @@ class LanguageStatsFollower:
         consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **self.kafka_kwargs)
         await consumer.start()
         try:
-            tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while True:
-                if not self.caught_up.is_set() and await consumer.position(tp) >= end:
-                    self.caught_up.set()
-                    log.info("language statistics read: %d parts of this store's items", len(self.latest))
-                batches = await consumer.getmany(timeout_ms=500)
-                for message in batches.get(tp, []):
-                    self.apply(message.key, message.value)
+            await follow(consumer, self.topic, self.apply, self._caught_up)
         finally:
             await consumer.stop()
+
+    def _caught_up(self) -> None:
+        self.caught_up.set()
+        log.info("language statistics read: %d parts of this store's items", len(self.latest))
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Take one record of the topic: the latest statistics of a part (None: the part is gone)."""

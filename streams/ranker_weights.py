@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
+from streams.compacted import SharedState, worker_id
 from xrec.kafka import aiokafka_kwargs, producer_kwargs
 from xrec.ranker import OnlineRanker
 from xrec.ranking import FEATURES
@@ -31,21 +29,6 @@ if TYPE_CHECKING:
     from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-PUBLISH_EVERY_S = 5.0
-RETRY_AFTER_S = 5.0
-
-
-def worker_id(state_dir: Path) -> str:
-    """This worker's lasting name for its delta: made once, kept in its state directory."""
-    path = state_dir / "ranker-worker-id"
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex[:12]
-        path.write_text(name, encoding="utf-8")
-        return name
 
 
 def encode_delta(ranker: OnlineRanker) -> bytes:
@@ -67,62 +50,23 @@ def decode_delta(value: bytes) -> tuple[np.ndarray, int]:
     return delta, updates
 
 
-class RankerWeightsSync:
+class RankerWeightsSync(SharedState):
     """Publishes this worker's delta and follows the others'."""
+
+    what = "the learned ranker's weights"
 
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         settings = runtime.settings
+        super().__init__(
+            runtime.topics.ranker, aiokafka_kwargs(settings, bootstrap), producer_kwargs(settings, bootstrap)
+        )
         self.runtime = runtime
         self.ranker = runtime.recommender.ranker
-        self.topic = runtime.topics.ranker
-        self.bootstrap = bootstrap
         self.prefix = f"{settings.app_id}/{settings.ranker_generation}/"
         self.key = self.prefix + worker_id(settings.worker_state_dir)
         self.others: dict[str, np.ndarray] = {}
         self.own_published: tuple[np.ndarray, int] | None = None  # this worker's delta as last published
-        self.restored = False
         self.published_updates = -1
-
-    async def run(self) -> None:
-        """Follow and publish until cancelled; a failure is logged and the loop starts again (the ranker
-        keeps learning meanwhile, only sharing pauses)."""
-        while True:
-            try:
-                await self._follow_and_publish()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker away, a topic missing: say so, keep the worker
-                log.error("sharing the learned ranker's weights failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(RETRY_AFTER_S)
-
-    async def _follow_and_publish(self) -> None:
-        settings = self.runtime.settings
-        consumer = AIOKafkaConsumer(
-            enable_auto_commit=False, group_id=None, **aiokafka_kwargs(settings, self.bootstrap)
-        )
-        producer = AIOKafkaProducer(**producer_kwargs(settings, self.bootstrap))
-        await consumer.start()
-        await producer.start()
-        try:
-            tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            next_publish = time.monotonic() + PUBLISH_EVERY_S
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                for message in batches.get(tp, []):
-                    self.apply(message.key, message.value)
-                if not self.restored and await consumer.position(tp) >= end:
-                    self.restore()
-                if self.restored and time.monotonic() >= next_publish:
-                    next_publish = time.monotonic() + PUBLISH_EVERY_S
-                    await self.publish(producer)
-        finally:
-            if self.restored:
-                await self.publish(producer)
-            await producer.stop()
-            await consumer.stop()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         name = key.decode("utf-8", "replace") if key else ""
@@ -152,11 +96,10 @@ class RankerWeightsSync:
             self.ranker.updates += updates
             log.info("learned ranker: went on from this worker's published delta (%s, %d updates)", self.key, updates)
         self.ranker.set_others(self.others)
-        self.restored = True
         self.runtime.metrics.set_ranker(self.ranker)
         log.info("learned ranker: %d other workers' deltas read from %s", len(self.others), self.topic)
 
-    async def publish(self, producer: Any) -> None:
+    async def publish(self, producer: AIOKafkaProducer) -> None:
         if self.ranker.updates == self.published_updates:
             return
         await producer.send_and_wait(self.topic, key=self.key.encode(), value=encode_delta(self.ranker))

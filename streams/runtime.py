@@ -64,6 +64,7 @@ class Runtime:
     indexer_task: asyncio.Task[None] | None = None
     encoder_task: asyncio.Task[None] | None = None  # None where XREC_ENCODE_ITEMS=false
     ranker_task: asyncio.Task[None] | None = None  # None unless a variant ranks with the learned ranker
+    click_through_task: asyncio.Task[None] | None = None  # shares the click-through counts (streams/click_through.py)
     loops: ConsumerLoops = field(init=False)
     local_tables: LocalTables | None = None  # XREC_TABLE_STORE=rocksdb: told when the worker stops cleanly
 

@@ -1,4 +1,5 @@
-"""Web views on the worker: the latest list of a user, liveness, readiness, the ranker's weights, Prometheus metrics."""
+"""Web views on the worker: the latest list of a user, liveness, readiness, the ranker's weights, an item's
+click-through rate, Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -71,6 +72,16 @@ def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
                 "updates": ranker.updates,
             }
             return self.bytes(orjson.dumps(body), content_type="application/json")
+
+    @app.page("/click-through/{item_id}")
+    class ClickThroughView(View):
+        """An item's impressions and clicks (every worker's, and this one's) and the rates ranking uses."""
+
+        async def get(self, request: Request, item_id: str) -> Response:
+            explained = await runtime.recommender.click_through_of(item_id)
+            if explained is None:
+                return self.json({"item_id": item_id, "error": "not in the catalog"}, status=404)
+            return self.bytes(orjson.dumps(explained), content_type="application/json")
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -127,6 +127,11 @@ class Settings:
         "What each worker's learned ranker has learned, shared by all workers of an app (compacted; used only "
         "when a variant has ranker=learned).",
     )
+    topic_click_through: str = _setting(
+        "xrec.click-through",
+        "Each worker's click-through counts (impressions and clicks per item, language and overall), shared by "
+        "all workers of an app and kept through restarts (compacted).",
+    )
     partitions: int = _setting(4, "Partitions of the events, recommendations and control topics (the unit of scaling).")
     item_partitions: int = _setting(1, "Partitions of the items topic.")
 

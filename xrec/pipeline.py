@@ -479,11 +479,16 @@ class Recommender:
     def rank_params(self, params: RankParams) -> None:
         self.variant_params[self.variants.default] = params
 
+    async def click_through_of(self, item_id: str) -> dict[str, Any] | None:
+        """An item's click-through counts and rates as ranking uses them (None: not in the catalog)."""
+        meta = (await self._item_meta({item_id})).get(item_id)
+        return None if meta is None else self.exposure.explain(item_id, meta.lang)
+
     def _click_through(
         self, params: RankParams, item_ids: Sequence[str], langs: Sequence[Any], always: bool = False
     ) -> dict[str, float] | None:
         """Click-through lift by item id, or None when it does not count (off, or no impression yet)."""
-        if not (params.ctr_weight or always) or not self.exposure.total.shown:
+        if not (params.ctr_weight or always) or not self.exposure.impressions:
             return None
         named = [str(lang) if lang is not None else UNDETERMINED for lang in langs] or [UNDETERMINED] * len(item_ids)
         return dict(zip(item_ids, self.exposure.lift(item_ids, named).tolist(), strict=True))

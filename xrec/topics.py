@@ -7,7 +7,7 @@ from here, so a benchmark can prepare what a worker will read without importing 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from xrec.config import Settings
 from xrec.kafka import KafkaConnection, TopicSpec, create_topics
@@ -28,6 +28,7 @@ class TopicNames:
     dlq: str
     language_stats: str  # the neutral space's statistics, per store and items partition (compacted)
     ranker: str  # what each worker's learned ranker has learned (compacted)
+    click_through: str  # each worker's click-through counts (compacted)
 
     @classmethod
     def from_settings(cls, s: Settings) -> TopicNames:
@@ -40,7 +41,14 @@ class TopicNames:
             dlq=s.topic_dlq,
             language_stats=s.topic_language_stats,
             ranker=s.topic_ranker,
+            click_through=s.topic_click_through,
         )
+
+
+def own_topics_env(prefix: str) -> dict[str, str]:
+    """``XREC_TOPIC_*`` settings naming every topic under ``prefix``: a test's or a benchmark run's own topics."""
+    names = [f.name.removeprefix("topic_") for f in fields(Settings) if f.name.startswith("topic_")]
+    return {f"XREC_TOPIC_{name.upper()}": f"{prefix}.{name}" for name in names}
 
 
 def vectors_topic(s: Settings, space: VectorSpace) -> str:
@@ -63,6 +71,7 @@ def topic_specs(s: Settings, space: VectorSpace | None = None) -> list[TopicSpec
         TopicSpec(names.dlq, 1),
         TopicSpec(names.language_stats, 1, compacted=True),
         TopicSpec(names.ranker, 1, compacted=True),
+        TopicSpec(names.click_through, 1, compacted=True),
     ]
     if space is not None:
         config = {"cleanup.policy": "compact", "max.message.bytes": str(VECTOR_RECORD_MAX_BYTES)}

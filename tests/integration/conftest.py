@@ -25,6 +25,7 @@ from xrec.broker import free_port
 from xrec.config import Settings
 from xrec.modelhub import DEFAULT_MODEL_ID, default_model_dir
 from xrec.store.local_server import LocalQdrantServer
+from xrec.topics import own_topics_env
 from xrec.worker_process import WORKER_COMMAND, WorkerProcess
 
 READY_TIMEOUT_S = 180.0
@@ -129,10 +130,7 @@ def worker_env(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerEnv]:
         "XREC_PARTITIONS": "2",
         "XREC_BATCH_WITHIN_MS": "20",
         "XREC_UNKNOWN_ITEM_WAIT_S": "2",
-        **{
-            f"XREC_TOPIC_{name.upper()}": f"{tag}.{name}"
-            for name in ("items", "events", "control", "recommendations", "dlq", "language_stats", "ranker")
-        },
+        **own_topics_env(tag),
     }
     we = WorkerEnv(bootstrap=kafka_bootstrap, tmp=tmp_path, env=env)
     try:

@@ -233,7 +233,7 @@ async def test_an_impression_of_an_unknown_item_waits_then_goes_to_the_dlq_and_c
     result = await engine.handle_events([], profiles)
     [rejected] = result.rejected
     assert rejected.error.reason == "unknown_item" and "no-such-item" in rejected.error.message
-    assert engine.exposure.total.shown == 0
+    assert engine.exposure.impressions == 0
     assert b"u1" not in profiles
 
 
@@ -241,10 +241,10 @@ async def test_a_redelivered_impression_is_a_duplicate_and_moves_no_rate(engine:
     profiles: dict[bytes, bytes] = {}
     once = shown("u1", ["t0-en-0"], event_id="imp-1")
     await engine.handle_events([once], profiles)
-    counted = engine.exposure.total.shown
+    counted = engine.exposure.impressions
     result = await engine.handle_events([once], profiles)
     assert result.duplicates == [once] and result.lists == []
-    assert engine.exposure.total.shown == counted
+    assert engine.exposure.impressions == counted
     assert engine.load_profile(profiles, "u1").times_shown(["t0-en-0"]).tolist() == [1]
 
 

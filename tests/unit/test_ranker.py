@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from streams.ranker_weights import RankerWeightsSync, decode_delta, encode_delta, worker_id
+from streams.compacted import worker_id
+from streams.ranker_weights import RankerWeightsSync, decode_delta, encode_delta
 from tests.unit.test_pipeline import DIM, T0, Clock, catalog, event
 from xrec.config import Settings
 from xrec.eval.metrics import auc
@@ -157,7 +158,7 @@ def test_the_sync_takes_other_workers_deltas_of_its_generation_and_goes_on_from_
     sync.apply(b"other-app/2/x", encode_delta(other))
     sync.apply(sync.key.encode(), encode_delta(other))  # what this worker published before it restarted
     np.testing.assert_allclose(ranker.others, other.own)
-    sync.restore()
+    sync.caught_up()
     np.testing.assert_allclose(ranker.own, other.own)
     assert ranker.updates == 1
     sync.apply(b"app/2/elsewhere", None)  # gone from the topic

@@ -58,6 +58,7 @@ from xrec.config import Settings
 from xrec.errors import CommandError
 from xrec.kafka import read_to_end
 from xrec.metrics import CONSUMER_LAG_INTERVAL_S
+from xrec.topics import own_topics_env
 from xrec.worker_process import EMPTY_METRICS, WORKER_COMMAND, MetricSamples, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -512,10 +513,7 @@ class Bench:
             "XREC_APP_ID": f"xrec-bench-{tag}",
             "XREC_STORE_PATH": str(self.tmp / f"store-{name}"),
             "XREC_WEB_PORT": str(free_port()),
-            **{
-                f"XREC_TOPIC_{t.upper()}": f"bench-{tag}.{t}"
-                for t in ("items", "events", "control", "recommendations", "dlq", "language_stats", "ranker")
-            },
+            **own_topics_env(f"bench-{tag}"),
         }
         return Settings.from_env({**os.environ, **env}), env
 
