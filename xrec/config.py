@@ -287,7 +287,10 @@ class Settings:
     ranker_learning: RankerLearning = _setting(
         "on", "on: the learned ranker keeps learning; frozen: it ranks with what it has learned, learning no more."
     )
-    ranker_learning_rate: float = _setting(0.05, "Step size of the learned ranker's pairwise updates.")
+    ranker_learning_rate: float = _setting(
+        0.001,
+        "Step size of the learned ranker's pairwise updates (on margins scaled to their running RMS; chosen on MIND).",
+    )
     ranker_l2: float = _setting(0.01, "Pull of the learned weights back toward the hand-set ones, per update.")
     ranker_generation: int = _setting(
         0,

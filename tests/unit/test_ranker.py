@@ -42,16 +42,17 @@ def mean_auc(weights: np.ndarray, impressions: list[tuple[np.ndarray, int]]) -> 
     return float(np.mean([auc(np.eye(10)[taken], features @ weights) for features, taken in impressions]))
 
 
-def test_on_a_stream_whose_right_weights_are_known_the_learned_ranker_moves_toward_them() -> None:
+def test_on_a_stream_whose_right_weights_are_known_the_default_learned_ranker_moves_toward_them() -> None:
     truth = np.asarray([1.0, 0.5, 0.0, 0.8, -0.3, 1.5, 0.6])  # freshness and click-through matter, trend hurts
-    ranker = OnlineRanker(HAND_SET, learning_rate=0.05, l2=0.001)
+    defaults = Settings()
+    ranker = OnlineRanker(HAND_SET, defaults.ranker_learning_rate, defaults.ranker_l2)
     for n, (features, taken) in enumerate(synthetic_impressions(3000, truth, seed=1)):
         ranker.shown(f"u{n}", ShownItems([f"i{j}" for j in range(10)], features, None))
         assert ranker.taken(f"u{n}", f"i{taken}")
     held_out = synthetic_impressions(500, truth, seed=2)
     assert mean_auc(ranker.weights(), held_out) > mean_auc(HAND_SET, held_out) + 0.05
     learned = ranker.weights()
-    assert learned[3] > 0.3 and learned[5] > HAND_SET[5] + 0.3 and learned[4] < 0  # the signs the truth has
+    assert learned[3] > 0.1 and learned[5] > HAND_SET[5] + 0.3 and learned[4] < 0  # the signs the truth has
     assert ranker.updates == 3000
 
 
