@@ -554,7 +554,7 @@ class Recommender:
             self.popularity.add(event.item_id, meta.lang, ts, weight)
             self.exposure.clicked(event.item_id, meta.lang, ts)
             if self.learned:
-                self.ranker.taken(event.user_id, event.item_id)
+                self.ranker.taken(profile.last_impression, event.item_id)
 
     async def _shown(
         self, profile: UserProfile, impression: Impression, metas: list[ItemMeta], space: NeutralSpace
@@ -563,6 +563,7 @@ class Recommender:
         user's fatigue with each item and the items' click-through counts."""
         ts = min(impression.ts, int(self.clock_ms()) + 60_000)
         langs = [m.lang for m in metas]
+        profile.last_impression = None  # a click after this impression is about this one, or nothing
         if self.learned and profile.has_interests:
             ids = list(impression.item_ids)
             cands = Candidates(
@@ -576,7 +577,7 @@ class Recommender:
             features, _ = table.features(
                 [profile], None, params, self.profile_params, ts, None if centroids is None else [centroids]
             )
-            self.ranker.shown(impression.user_id, ShownItems(ids, features[0], impression.positions))
+            profile.last_impression = ShownItems(ids, features[0], impression.positions)
         profile.was_shown(impression.item_ids, self.profile_params)
         self.exposure.shown(impression.item_ids, langs, ts)
 

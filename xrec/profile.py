@@ -20,6 +20,7 @@ import orjson
 
 from xrec.config import Settings
 from xrec.langid import UNDETERMINED
+from xrec.ranker import ShownItems
 from xrec.space import NeutralSpace
 
 K = TypeVar("K", str, bytes)
@@ -67,6 +68,9 @@ class UserProfile:
     languages: dict[str, float] = field(default_factory=dict)
     #: Items shown to the user (impression events) and not taken since, with how often: fatigue.
     shown: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    #: The latest impression as the learned ranker saw it, for the clicks that follow (None: none, or no
+    #: variant learns). Kept here so it follows its user through restarts and partition moves.
+    last_impression: ShownItems | None = None
     event_ids: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # 8-byte event fingerprints
     last_ts: int = 0
     events: int = 0
@@ -249,6 +253,7 @@ class UserProfile:
                 "x": len(self.event_ids),
                 "l": self.languages,
                 "sh": list(self.shown.items()),
+                "li": self.last_impression.to_json() if self.last_impression is not None else None,
                 "t": self.last_ts,
                 "e": self.events,
                 "n": self.negative is not None,
@@ -287,6 +292,7 @@ class UserProfile:
             event_ids=OrderedDict.fromkeys(event_ids),
             languages=dict(meta["l"]),
             shown=OrderedDict((str(i), int(n)) for i, n in meta.get("sh", ())),
+            last_impression=ShownItems.from_json(meta["li"]) if meta.get("li") else None,
             last_ts=int(meta["t"]),
             events=int(meta["e"]),
             neutral=bool(meta.get("sp", 0)),

@@ -19,14 +19,12 @@ weights are divided by the interest term's weight, so scores stay on the scale M
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-#: Users whose latest impression is kept for the clicks that may follow it.
-PENDING_USERS = 50_000
 #: Memory of the running mean square of margins, per update (about the last hundred clicks).
 MARGIN_MEMORY = 0.99
 #: The interest term's weight never falls below this share of its hand-set value when served.
@@ -53,6 +51,25 @@ class ShownItems:
             others = [j for j in others if self.positions[j] < at or self.positions[j] == nearest]
         return np.asarray(others, np.int64)
 
+    def to_json(self) -> dict[str, Any]:
+        """For the profile's bytes (so it follows its user through restarts and partition moves)."""
+        return {
+            "i": self.item_ids,
+            "f": self.features.astype(np.float32).tolist(),
+            "p": list(self.positions) if self.positions is not None else None,
+            "k": sorted(self.taken),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ShownItems:
+        positions = obj.get("p")
+        return cls(
+            [str(i) for i in obj["i"]],
+            np.asarray(obj["f"], np.float64).reshape(len(obj["i"]), -1),
+            tuple(int(p) for p in positions) if positions is not None else None,
+            {str(i) for i in obj.get("k", ())},
+        )
+
 
 class OnlineRanker:
     """Hand-set weights plus learned deltas (this worker's and the others'), updated pair by pair."""
@@ -66,7 +83,6 @@ class OnlineRanker:
         self.others = np.zeros_like(self.initial)  # the sum of every other worker's delta
         self.updates = 0  # pairs this worker learned from
         self.margin_square: float | None = None  # running mean square of score margins (``learn``)
-        self.pending: OrderedDict[str, ShownItems] = OrderedDict()
 
     @property
     def raw(self) -> np.ndarray:
@@ -86,23 +102,16 @@ class OnlineRanker:
                 total += delta
         self.others = total
 
-    def shown(self, user_id: str, items: ShownItems) -> None:
-        """Keep a user's latest impression (replacing the one before) for the clicks that follow it."""
-        self.pending.pop(user_id, None)
-        self.pending[user_id] = items
-        while len(self.pending) > PENDING_USERS:
-            self.pending.popitem(last=False)
-
-    def taken(self, user_id: str, item_id: str) -> bool:
-        """A user took an item: learn from it if their latest impression showed it. True if it did."""
-        items = self.pending.get(user_id)
-        if items is None or item_id not in items.item_ids or item_id in items.taken:
+    def taken(self, shown: ShownItems | None, item_id: str) -> bool:
+        """A user took an item: learn from it if their latest impression (``shown``, kept in their profile)
+        showed it. True if it did."""
+        if shown is None or item_id not in shown.item_ids or item_id in shown.taken:
             return False
-        passed = items.passed_over(item_id)
-        items.taken.add(item_id)
-        if not len(passed) or self.frozen:
-            return False
-        self.learn(items.features[items.item_ids.index(item_id)], items.features[passed])
+        passed = shown.passed_over(item_id)
+        shown.taken.add(item_id)
+        if not len(passed) or self.frozen or shown.features.shape[1] != len(self.initial):
+            return False  # (terms of another version's ranker: nothing to learn from them)
+        self.learn(shown.features[shown.item_ids.index(item_id)], shown.features[passed])
         return True
 
     def learn(self, taken: np.ndarray, passed: np.ndarray) -> None:

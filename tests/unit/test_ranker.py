@@ -17,6 +17,7 @@ from xrec.eval.metrics import auc
 from xrec.events import Impression
 from xrec.metrics import XrecMetrics
 from xrec.pipeline import Recommender
+from xrec.profile import UserProfile
 from xrec.ranker import OnlineRanker, ShownItems
 from xrec.ranking import FEATURES, RankParams
 from xrec.store import open_store
@@ -46,9 +47,8 @@ def test_on_a_stream_whose_right_weights_are_known_the_default_learned_ranker_mo
     truth = np.asarray([1.0, 0.5, 0.0, 0.8, -0.3, 1.5, 0.6])  # freshness and click-through matter, trend hurts
     defaults = Settings()
     ranker = OnlineRanker(HAND_SET, defaults.ranker_learning_rate, defaults.ranker_l2)
-    for n, (features, taken) in enumerate(synthetic_impressions(3000, truth, seed=1)):
-        ranker.shown(f"u{n}", ShownItems([f"i{j}" for j in range(10)], features, None))
-        assert ranker.taken(f"u{n}", f"i{taken}")
+    for features, taken in synthetic_impressions(3000, truth, seed=1):
+        assert ranker.taken(ShownItems([f"i{j}" for j in range(10)], features, None), f"i{taken}")
     held_out = synthetic_impressions(500, truth, seed=2)
     assert mean_auc(ranker.weights(), held_out) > mean_auc(HAND_SET, held_out) + 0.05
     learned = ranker.weights()
@@ -75,14 +75,14 @@ def test_with_positions_only_the_items_above_the_taken_one_and_the_next_count_as
 def test_only_a_first_click_on_an_item_of_the_users_latest_impression_teaches_and_frozen_learns_nothing() -> None:
     ranker = OnlineRanker(HAND_SET, learning_rate=0.1, l2=0.0)
     features = np.eye(3, len(FEATURES))
-    ranker.shown("u", ShownItems(["a", "b", "c"], features, None))
-    assert not ranker.taken("u", "z")  # not shown
-    assert not ranker.taken("someone-else", "a")
-    assert ranker.taken("u", "a")
-    assert not ranker.taken("u", "a")  # the same click again
+    shown = ShownItems(["a", "b", "c"], features, None)
+    assert not ranker.taken(shown, "z")  # not shown
+    assert not ranker.taken(None, "a")  # no impression
+    assert ranker.taken(shown, "a")
+    assert not ranker.taken(shown, "a")  # the same click again
+    assert not ranker.taken(ShownItems(["a", "b"], np.ones((2, 3)), None), "a")  # another version's terms
     frozen = OnlineRanker(HAND_SET, learning_rate=0.1, l2=0.0, frozen=True)
-    frozen.shown("u", ShownItems(["a", "b", "c"], features, None))
-    assert not frozen.taken("u", "a") and frozen.updates == 0
+    assert not frozen.taken(ShownItems(["a", "b", "c"], features, None), "a") and frozen.updates == 0
     np.testing.assert_allclose(frozen.weights(), HAND_SET)
 
 
@@ -111,6 +111,19 @@ async def test_impressions_and_their_clicks_teach_the_engines_learned_ranker(lea
     learned = rec.params_of("learned")
     assert learned.ctr_weight == pytest.approx(rec.ranker.weights()[5])
     assert rec.params_of("fixed") == rec.variant_params["fixed"]  # the fixed variant keeps its settings
+
+
+async def test_the_latest_impression_is_kept_in_the_profile_so_a_click_after_a_restart_still_teaches(
+    learning_engine: Recommender,
+) -> None:
+    rec, profiles = learning_engine, dict[bytes, bytes]()
+    await rec.handle_events([event("u1", "t0-en-0")], profiles)
+    await rec.handle_events([Impression("imp-1", "u1", ("t0-en-1", "t1-en-0", "t2-en-0"), T0)], profiles)
+    rec.ranker = OnlineRanker(HAND_SET, 0.5, 0.0)  # a restarted worker: nothing of the impression in memory
+    await rec.handle_events([event("u1", "t1-en-0", ts=T0 + 1)], profiles)
+    assert rec.ranker.updates == 1
+    kept = UserProfile.from_bytes(profiles[b"u1"]).last_impression
+    assert kept is not None and kept.item_ids == ["t0-en-1", "t1-en-0", "t2-en-0"] and kept.taken == {"t1-en-0"}
 
 
 async def test_hostile_or_unknown_impressions_never_move_the_weights(learning_engine: Recommender) -> None:
