@@ -3,10 +3,13 @@ over each user's latest list, coverage over every list, and the terminal view's 
 
 from __future__ import annotations
 
+import orjson
+
 from xrec.demo.catalog import DemoItem
 from xrec.demo.simulate import DemoUser, PlannedEvent
 from xrec.demo.summary import DemoStats, percentile
 from xrec.demo.view import clip, display_width
+from xrec.events import Impression, Limits, parse_event
 
 T0 = 1_763_900_000_000
 CATALOG = [
@@ -90,3 +93,20 @@ def test_clip_counts_cjk_characters_as_two_columns_and_pads_to_the_width() -> No
     assert display_width(clip("ジャズ喫茶の名盤", 9)) == 9
     assert clip("ジャズ喫茶の名盤", 9).rstrip().endswith("…")
     assert display_width(clip("Le festival de jazz de Marciac", 10)) == 10
+
+
+def test_a_list_shown_to_its_reader_becomes_an_impression_event_and_later_clicks_on_it_are_counted() -> None:
+    stats = DemoStats([ANNA], CATALOG)
+    stats.record_sent(PlannedEvent("anna", "jazz-de", "click", "de"), "e1", T0)
+    value = {**_list("anna", "e1", ("jazz-ja", "ja"), ("jazz-fr", "fr")), "list_id": "0123456789abcdef"}
+    lst = stats.record_list(value, "anna", T0 + 5)
+    assert lst is not None
+    shown = lst.impression(T0 + 6, "imp-1")
+    assert parse_event(orjson.dumps(shown), Limits()) == Impression(
+        "imp-1", "anna", ("jazz-ja", "jazz-fr"), T0 + 6, (0, 1), "0123456789abcdef"
+    )
+    stats.record_shown(lst)
+    stats.record_sent(PlannedEvent("anna", "jazz-fr", "click", "de"), "e2", T0 + 10)  # shown: counted
+    stats.record_sent(PlannedEvent("anna", "cook-de", "click", "de"), "e3", T0 + 11)  # never shown
+    stats.record_sent(PlannedEvent("anna", "jazz-ja", "view", "de"), "e4", T0 + 12)  # shown, but not a click
+    assert stats.summary()["impressions"] == {"sent": 1, "clicks_on_shown_items": 1, "clicks": 3}

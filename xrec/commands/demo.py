@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--ready-timeout", type=float, default=300.0, metavar="S", help="seconds to wait for the worker's /readyz"
     )
     p.add_argument(
+        "--impressions",
+        action="store_true",
+        help="show each list to its reader: send an impression event of it, as a client that renders lists "
+        "does (the readers still click only what their plan says, so the lists learn they pass over them)",
+    )
+    p.add_argument(
         "--keep-running",
         action="store_true",
         help="after the summary keep the worker up and keep printing lists (e.g. from `xrec produce events`) "
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         interval_ms=args.interval_ms,
         top=args.top,
         ready_timeout_s=args.ready_timeout,
+        impressions=args.impressions,
     )
     console = Console(as_json=args.json)
     demo = DemoRun(settings, options, console)

@@ -29,6 +29,7 @@ from xrec.demo.summary import DemoStats
 from xrec.demo.view import Console
 from xrec.errors import CommandError
 from xrec.openvino_encoder import export_openvino, openvino_installed
+from xrec.topics import own_topics_env
 from xrec.worker_process import EMPTY_METRICS, WorkerProcess
 
 
@@ -43,6 +44,7 @@ class DemoOptions:
     ready_timeout_s: float = 300.0
     index_timeout_s: float = 300.0
     lists_timeout_s: float = 120.0
+    impressions: bool = False  # show each list to its reader (an impression event)
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,8 @@ class DemoTopics:
         return f"{self.prefix}.recommendations"
 
     def env(self) -> dict[str, str]:
-        return {
-            "XREC_TOPIC_ITEMS": self.items,
-            "XREC_TOPIC_EVENTS": self.events,
-            "XREC_TOPIC_CONTROL": f"{self.prefix}.control",
-            "XREC_TOPIC_RECOMMENDATIONS": self.recommendations,
-            "XREC_TOPIC_DLQ": f"{self.prefix}.dlq",
-        }
+        """Every topic of the worker under this run's prefix (so the run deletes all it made)."""
+        return own_topics_env(self.prefix)
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -243,7 +240,7 @@ class DemoRun:
 
             await consumer.start()
             stats = DemoStats(users, catalog)
-            reader = asyncio.ensure_future(self._read_lists(consumer, stats))
+            reader = asyncio.ensure_future(self._read_lists(consumer, stats, producer, topics.events))
             say(
                 f"playing {len(plan)} events of {len(users)} readers, {options.interval_ms:g} ms apart; "
                 "each line is a list as it arrives (* = a language the user never used):"
@@ -263,6 +260,8 @@ class DemoRun:
                 if reader.done():
                     reader.result()  # re-raise what stopped it
                 await asyncio.sleep(0.1)
+            await producer.flush()
+            await self._wait_processed(worker, len(stats.sent) + stats.impressions_sent)
             self.timings["play"] = time.monotonic() - t1
             missing = sorted(set(u.user_id for u in users) - set(stats.users_done()))
             if missing:
@@ -282,6 +281,9 @@ class DemoRun:
                 topics_prefix=self.prefix,
                 worker={
                     "events_processed": int(events.get("processed", 0)),
+                    "impressions_processed": int(
+                        scrape.sum("xrec_events_total", type="impression", outcome="processed")
+                    ),
                     "events_by_outcome": {k: int(v) for k, v in sorted(events.items())},
                     "dlq_records": int(scrape.sum("xrec_dlq_records_total")),
                     "lists_published": int(scrape.sum("xrec_lists_published_total")),
@@ -333,7 +335,20 @@ class DemoRun:
             f"(xrec_items_total {outcomes}); see the worker log {worker.log_path}:\n{worker.log_tail()}"
         )
 
-    async def _read_lists(self, consumer: Any, stats: DemoStats) -> None:
+    async def _wait_processed(self, worker: WorkerProcess, expected: int) -> None:
+        """Until the worker has processed every event sent (the impressions of the last lists come after
+        them), or the lists' timeout; the summary then says what was processed."""
+        deadline = time.monotonic() + self.options.lists_timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                scrape = await asyncio.to_thread(worker.metrics)
+                if scrape.by_label("xrec_events_total", "outcome").get("processed", 0) >= expected:
+                    return
+            await asyncio.sleep(0.2)
+
+    async def _read_lists(self, consumer: Any, stats: DemoStats, producer: Any, events_topic: str) -> None:
+        """Print each list as it arrives and show it to its reader: an impression event of the whole list,
+        as a client that renders it sends (the worker's click-through rates and fatigue learn from them)."""
         titles = {item.item_id: item.title for item in stats.catalog}
         async for message in consumer:
             arrived = time.time() * 1000
@@ -351,6 +366,10 @@ class DemoRun:
             lst = stats.record_list(value, key, arrived)
             if lst is not None:
                 self.console.live(lst, stats)
+                if self.options.impressions and lst.items:
+                    shown = lst.impression(int(time.time() * 1000), uuid.uuid4().hex)
+                    await producer.send(events_topic, key=lst.user.user_id.encode(), value=orjson.dumps(shown))
+                    stats.record_shown(lst)
             elif isinstance(value, dict):
                 self.console.live_other(str(value.get("user_id", key)), value.get("items") or [], titles)
 

@@ -34,6 +34,19 @@ class ArrivedList:
     trigger_event_id: str | None
     trigger: PlannedEvent | None
     latency_ms: float | None
+    list_id: str | None = None
+
+    def impression(self, ts_ms: int, event_id: str) -> dict[str, Any]:
+        """The impression event a client sends when it shows this list (every item, in its order)."""
+        return {
+            "event_id": event_id,
+            "user_id": self.user.user_id,
+            "type": "impression",
+            "item_ids": [item.item_id for item in self.items],
+            "positions": list(range(len(self.items))),
+            "list_id": self.list_id,
+            "ts": ts_ms,
+        }
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -58,6 +71,9 @@ class DemoStats:
     recommended_ids: set[str] = field(default_factory=set)
     tombstones: int = 0
     foreign_lists: int = 0  # lists for users this run did not simulate
+    impressions_sent: int = 0
+    shown_to: dict[str, set[str]] = field(default_factory=dict)  # user_id → items a list showed them
+    clicks_on_shown: int = 0  # the readers' clicks on an item a list had shown them before
 
     def __post_init__(self) -> None:
         self._users = {u.user_id: u for u in self.users}
@@ -66,6 +82,8 @@ class DemoStats:
 
     def record_sent(self, event: PlannedEvent, event_id: str, ts_ms: int) -> None:
         self.sent[event_id] = (event, ts_ms)
+        if event.type == "click" and event.item_id in self.shown_to.get(event.user_id, ()):
+            self.clicks_on_shown += 1
         self.last_event[event.user_id] = event_id
         used = self._used_langs[event.user_id]
         used.add(event.lang)
@@ -101,12 +119,24 @@ class DemoStats:
         trigger_id = value.get("trigger_event_id")
         trigger = self.sent.get(trigger_id or "")
         latency = arrived_ms - trigger[1] if trigger else None
+        list_id = value.get("list_id")
         lst = ArrivedList(
-            user, tuple(shown), str(value.get("strategy", "")), trigger_id, trigger[0] if trigger else None, latency
+            user,
+            tuple(shown),
+            str(value.get("strategy", "")),
+            trigger_id,
+            trigger[0] if trigger else None,
+            latency,
+            str(list_id) if list_id else None,
         )
         self.arrived.append(lst)
         self.latest[user.user_id] = lst
         return lst
+
+    def record_shown(self, lst: ArrivedList) -> None:
+        """An impression of ``lst`` was sent: its items were shown to its user."""
+        self.impressions_sent += 1
+        self.shown_to.setdefault(lst.user.user_id, set()).update(item.item_id for item in lst.items)
 
     def used_languages(self, user_id: str) -> set[str]:
         return set(self._used_langs.get(user_id, set()))
@@ -155,4 +185,9 @@ class DemoStats:
             "coverage": round(len(self.recommended_ids) / len(self.catalog), 4) if self.catalog else None,
             "distinct_items_recommended": len(self.recommended_ids),
             "tombstones": self.tombstones,
+            "impressions": {
+                "sent": self.impressions_sent,
+                "clicks_on_shown_items": self.clicks_on_shown,
+                "clicks": sum(1 for event, _ in self.sent.values() if event.type == "click"),
+            },
         }

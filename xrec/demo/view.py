@@ -110,12 +110,13 @@ class Console:
 
         lat = summary["latency_ms"]
         worker = summary.get("worker", {})
+        shown = f" and {summary['impressions']['sent']} impressions" if summary["impressions"]["sent"] else ""
         self.line("")
         self.line(f"Summary of {summary['run']} ({summary['seconds']['total']:.0f} s in all):")
         rows = [
             (
                 "events",
-                f"{summary['events_sent']} sent by {summary['users']} users, "
+                f"{summary['events_sent']} sent by {summary['users']} users{shown}, "
                 f"{worker.get('events_processed', '?')} processed by the worker, "
                 f"{worker.get('dlq_records', '?')} to the DLQ; {summary['lists_received']} lists received",
             ),
@@ -136,5 +137,15 @@ class Console:
                 f"({pct(summary['coverage'])}) appeared in some list",
             ),
         ]
+        if summary["impressions"]["sent"]:
+            rows.insert(
+                1,
+                (
+                    "impressions",
+                    f"each list shown to its reader, {worker.get('impressions_processed', '?')} processed; "
+                    f"{summary['impressions']['clicks_on_shown_items']} of the readers' "
+                    f"{summary['impressions']['clicks']} clicks were on items a list had shown them",
+                ),
+            )
         for name, value in rows:
             self.line(f"  {name:<21} {value}")
