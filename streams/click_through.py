@@ -57,11 +57,15 @@ class ClickThroughSync(SharedState):
     """Publishes this worker's changed counts and follows the others'."""
 
     what = "the click-through counts"
+    state = "click_through"
 
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         settings = runtime.settings
         super().__init__(
-            runtime.topics.click_through, aiokafka_kwargs(settings, bootstrap), producer_kwargs(settings, bootstrap)
+            runtime.topics.click_through,
+            aiokafka_kwargs(settings, bootstrap),
+            producer_kwargs(settings, bootstrap),
+            runtime.metrics,
         )
         self.exposure: ClickThrough = runtime.recommender.exposure
         self.app_id = settings.app_id
@@ -69,11 +73,7 @@ class ClickThroughSync(SharedState):
         self.own_published: dict[tuple[str, str], PublishedCounts] = {}  # before ``restore``: what this worker had
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        try:
-            app_id, worker, record = decode_counts(key, value)
-        except ValueError as exc:
-            log.error("click-through record %r of %s cannot be used (%s); ignoring it", key, self.topic, exc)
-            return
+        app_id, worker, record = decode_counts(key, value)
         if app_id != self.app_id:
             return
         if worker != self.worker:
@@ -93,10 +93,10 @@ class ClickThroughSync(SharedState):
         )
         self.own_published.clear()
 
-    async def publish(self, producer: AIOKafkaProducer) -> None:
+    async def publish(self, producer: AIOKafkaProducer) -> int:
         changes = self.exposure.take_changes()
         if not changes:
-            return
+            return 0
         try:
             sent = []
             for record in changes:
@@ -106,6 +106,7 @@ class ClickThroughSync(SharedState):
         except BaseException:
             self.exposure.changed.update((r.kind, r.name) for r in changes)  # sent again next time
             raise
+        return len(changes)
 
 
 def start_click_through_sync(runtime: Runtime, bootstrap: str) -> asyncio.Task[None]:

@@ -17,9 +17,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+if TYPE_CHECKING:
+    from xrec.metrics import XrecMetrics
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +76,45 @@ class SharedState(abc.ABC):
 
     #: What is shared, in words, for the log.
     what: str = "shared state"
+    #: Its name in metrics (the ``state`` label).
+    state: str = "shared"
 
-    def __init__(self, topic: str, kafka_kwargs: dict[str, Any], producer_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, topic: str, kafka_kwargs: dict[str, Any], producer_kwargs: dict[str, Any], metrics: XrecMetrics
+    ) -> None:
         self.topic = topic
         self.kafka_kwargs = kafka_kwargs
         self.producer_kwargs = producer_kwargs
+        self.metrics = metrics
         self.restored = False
 
     @abc.abstractmethod
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of the topic (before ``restore``, this worker's own records are what it held)."""
+        """One record of the topic (before ``restore``, this worker's own records are what it held);
+        ValueError when it cannot be read."""
 
     @abc.abstractmethod
     def restore(self) -> None:
         """Caught up with the topic: go on from this worker's own published share."""
 
     @abc.abstractmethod
-    async def publish(self, producer: AIOKafkaProducer) -> None:
-        """Send what changed of this worker's share (nothing when nothing did)."""
+    async def publish(self, producer: AIOKafkaProducer) -> int:
+        """Send what changed of this worker's share (nothing when nothing did); how many records."""
+
+    def read(self, key: bytes | None, value: bytes | None) -> None:
+        """``apply`` one record; one that cannot be read is logged, counted and skipped."""
+        try:
+            self.apply(key, value)
+        except ValueError as exc:
+            log.error("record %r of %s cannot be used (%s); skipping it", key, self.topic, exc)
+            self.metrics.shared_state_records.labels(state=self.state, direction="read", outcome="unreadable").inc()
+            return
+        self.metrics.shared_state_records.labels(state=self.state, direction="read", outcome="ok").inc()
+
+    async def _publish(self, producer: AIOKafkaProducer) -> None:
+        sent = await self.publish(producer)
+        if sent:
+            self.metrics.shared_state_records.labels(state=self.state, direction="published", outcome="ok").inc(sent)
 
     def caught_up(self) -> None:
         """Read what the topic held at the start: ``restore`` once (not again when sharing restarts)."""
@@ -108,6 +132,7 @@ class SharedState(abc.ABC):
                 raise
             except Exception as exc:  # the broker away, a topic missing: say so, keep the worker
                 log.error("sharing %s failed (%s: %s); retrying", self.what, type(exc).__name__, exc)
+                self.metrics.shared_state_failures.labels(state=self.state).inc()
                 await asyncio.sleep(RETRY_AFTER_S)
 
     async def _follow_and_publish(self) -> None:
@@ -121,12 +146,12 @@ class SharedState(abc.ABC):
             nonlocal next_publish
             if time.monotonic() >= next_publish:
                 next_publish = time.monotonic() + PUBLISH_EVERY_S
-                await self.publish(producer)
+                await self._publish(producer)
 
         try:
-            await follow(consumer, self.topic, self.apply, self.caught_up, each_round)
+            await follow(consumer, self.topic, self.read, self.caught_up, each_round)
         finally:
             if self.restored:  # the last seconds' changes, unless the broker is away
-                await asyncio.wait_for(self.publish(producer), FINAL_PUBLISH_WITHIN_S)
+                await asyncio.wait_for(self._publish(producer), FINAL_PUBLISH_WITHIN_S)
             await producer.stop()
             await consumer.stop()

@@ -54,11 +54,15 @@ class RankerWeightsSync(SharedState):
     """Publishes this worker's delta and follows the others'."""
 
     what = "the learned ranker's weights"
+    state = "ranker"
 
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         settings = runtime.settings
         super().__init__(
-            runtime.topics.ranker, aiokafka_kwargs(settings, bootstrap), producer_kwargs(settings, bootstrap)
+            runtime.topics.ranker,
+            aiokafka_kwargs(settings, bootstrap),
+            producer_kwargs(settings, bootstrap),
+            runtime.metrics,
         )
         self.runtime = runtime
         self.ranker = runtime.recommender.ranker
@@ -75,11 +79,7 @@ class RankerWeightsSync(SharedState):
         if value is None:
             self.others.pop(name, None)
         else:
-            try:
-                delta, updates = decode_delta(value)
-            except ValueError as exc:
-                log.error("ranker record %r of %s cannot be used (%s); ignoring it", name, self.topic, exc)
-                return
+            delta, updates = decode_delta(value)
             if name == self.key:
                 if not self.restored:
                     self.own_published = (delta, updates)
@@ -99,12 +99,13 @@ class RankerWeightsSync(SharedState):
         self.runtime.metrics.set_ranker(self.ranker)
         log.info("learned ranker: %d other workers' deltas read from %s", len(self.others), self.topic)
 
-    async def publish(self, producer: AIOKafkaProducer) -> None:
+    async def publish(self, producer: AIOKafkaProducer) -> int:
         if self.ranker.updates == self.published_updates:
-            return
+            return 0
         await producer.send_and_wait(self.topic, key=self.key.encode(), value=encode_delta(self.ranker))
         self.published_updates = self.ranker.updates
         self.runtime.metrics.set_ranker(self.ranker)
+        return 1
 
 
 def start_ranker_sync(runtime: Runtime, bootstrap: str) -> asyncio.Task[None] | None:

@@ -40,6 +40,8 @@ EVENT_TYPE_LABELS = (*EVENT_TYPES, IMPRESSION, UNKNOWN_EVENT_TYPE)
 EVENT_OUTCOMES = ("processed", "duplicate", "dlq", "forgotten")
 ITEM_OUTCOMES = ("encoded", "upserted", "deleted", "dlq")
 CONSUMER_LOOPS = ("encode", "items", "events")
+#: States workers share through compacted topics (`streams/compacted.py`).
+SHARED_STATES = ("click_through", "ranker")
 STAGES = ("decode", "encode", "profile", "query", "rank", "publish")
 #: Where a batch of events spends its time: ``fetch`` (from the event's Kafka timestamp to the worker
 #: reading it, the oldest of the batch), ``queue`` (read, waiting for the batch loop), ``apply`` (decode,
@@ -243,6 +245,18 @@ class XrecMetrics:
             "Clicks this worker's learned ranker has learned from (taken items with passed-over items beside them).",
             (),
         )
+        self.shared_state_records = self._counter(
+            "xrec_shared_state_records_total",
+            "Records of the compacted topics workers share state through (state: click_through, ranker), by "
+            "direction (published, read) and outcome (ok, unreadable: logged and skipped).",
+            ("state", "direction", "outcome"),
+        )
+        self.shared_state_failures = self._counter(
+            "xrec_shared_state_failures_total",
+            "Times sharing a state through its compacted topic failed (broker away, topic missing) and was "
+            "started again; the state goes on changing meanwhile, only sharing pauses.",
+            ("state",),
+        )
         self.build_info = self._gauge(
             "xrec_build_info",
             "Always 1; labels say which xrec and Python version this worker runs.",
@@ -273,6 +287,11 @@ class XrecMetrics:
                 self.variant_events.labels(variant=variant, type=event_type)
         for consumer in CONSUMER_LOOPS:
             self.consumer_failures.labels(consumer=consumer)
+        for state in SHARED_STATES:
+            self.shared_state_failures.labels(state=state)
+            self.shared_state_records.labels(state=state, direction="published", outcome="ok")
+            for outcome in ("ok", "unreadable"):
+                self.shared_state_records.labels(state=state, direction="read", outcome=outcome)
         for stage in STAGES:
             self.stage.labels(stage=stage)
         for phase in BATCH_PHASES:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import WorkerEnv
-from tests.integration.test_faults import N_ITEMS, WORKER_ARGS, index_items, make_items, wait_for
+from tests.integration.test_faults import N_ITEMS, WORKER_ARGS, index_items, make_items, metric_sum, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -53,6 +53,8 @@ def test_click_through_counts_reach_another_worker_and_survive_a_restart(worker_
         return body["impressions"] == pytest.approx(taken["impressions"], rel=0.01) and body["impressions_here"] == 0
 
     wait_for("the first worker's counts at the second", shared, 60, second)
+    assert metric_sum(first, "xrec_shared_state_records_total", state="click_through", direction="published") > 0
+    assert metric_sum(second, "xrec_shared_state_records_total", state="click_through", outcome="unreadable") == 0
     assert second.get_json("/click-through/I3")[1]["lift"] == pytest.approx(passed["lift"], abs=0.01)
 
     assert first.stop() == 0

@@ -15,6 +15,7 @@ from streams.click_through import ClickThroughSync, decode_counts, encode_counts
 from tests.unit.test_pipeline import T0
 from xrec.config import Settings
 from xrec.exposure import ClickThrough, Counts, PublishedCounts
+from xrec.metrics import XrecMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -146,6 +147,7 @@ def sync_of(tmp_path: Path, ctr: ClickThrough) -> ClickThroughSync:
         settings=Settings(app_id="app", state_dir=str(tmp_path / "state")),
         recommender=SimpleNamespace(exposure=ctr),
         topics=SimpleNamespace(click_through="t"),
+        metrics=XrecMetrics(),
     )
     return ClickThroughSync(runtime, "localhost:9092")  # type: ignore[arg-type]
 
@@ -158,7 +160,9 @@ def test_the_sync_adds_its_apps_other_workers_and_goes_on_from_its_own(tmp_path:
         sync.apply(*encode_counts("app", "w-elsewhere", record))
         sync.apply(*encode_counts("other-app", "w-elsewhere", record))  # another app's: not counted
         sync.apply(*encode_counts("app", sync.worker, record))  # what this worker published before its restart
-    sync.apply(b"garbage", b"\xff")  # logged and skipped
+    sync.read(b"garbage", b"\xff")  # logged, counted and skipped
+    unreadable = sync.metrics.shared_state_records.labels(state="click_through", direction="read", outcome="unreadable")
+    assert unreadable._value.get() == 1
     assert ctr.explain("a", "en")["impressions"] == pytest.approx(50, rel=0.01)
     assert ctr.explain("a", "en")["impressions_here"] == 0
     sync.caught_up()
