@@ -104,7 +104,7 @@ class ClickThroughSync(SharedState):
                 sent.append(await producer.send(self.topic, key=key, value=value))
             await asyncio.gather(*sent)
         except BaseException:
-            self.exposure.changed.update((r.kind, r.name) for r in changes)  # sent again next time
+            self.exposure.put_back(changes)  # sent again next time
             raise
         return len(changes)
 

@@ -131,6 +131,10 @@ class ClickThrough:
         self.changed.clear()
         return out
 
+    def put_back(self, changes: Sequence[PublishedCounts]) -> None:
+        """Changes that could not be published: taken again by the next ``take_changes``."""
+        self.changed.update((r.kind, r.name) for r in changes)
+
     def report(self, source: str, record: PublishedCounts) -> None:
         """Another worker's latest counts of one thing, replacing what it reported before."""
         if record.kind not in KINDS:

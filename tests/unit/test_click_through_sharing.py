@@ -185,3 +185,11 @@ def test_the_sync_drops_a_count_its_worker_published_as_gone(tmp_path: Path) -> 
     sync.caught_up()
     assert ctr.explain("a", "en")["impressions"] == 0
     assert ctr.explain("b", "en")["impressions"] == pytest.approx(50, rel=0.01)
+
+
+def test_changes_that_could_not_be_published_are_taken_again() -> None:
+    ctr = counting(fresh(), T0, rounds=1)
+    changes = ctr.take_changes()
+    assert ctr.take_changes() == []
+    ctr.put_back(changes)
+    assert {(r.kind, r.name) for r in ctr.take_changes()} == {(r.kind, r.name) for r in changes}
