@@ -153,6 +153,9 @@ def test_a_delta_round_trips_and_a_record_of_other_features_is_refused() -> None
 
 def test_a_worker_keeps_its_id_in_its_state_directory(tmp_path: Path) -> None:
     assert worker_id(tmp_path / "state") == worker_id(tmp_path / "state") != worker_id(tmp_path / "other")
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "ranker-worker-id").write_text("abc123")  # the file's name before it was shared
+    assert worker_id(tmp_path / "older") == "abc123"
 
 
 def test_the_sync_takes_other_workers_deltas_of_its_generation_and_goes_on_from_its_own(tmp_path: Path) -> None:
