@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.compacted import SharedState, worker_id
+from streams.compacted import SharedState
 from xrec.exposure import ClickThrough, Counts, PublishedCounts
-from xrec.kafka import aiokafka_kwargs, producer_kwargs
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
@@ -61,15 +60,9 @@ class ClickThroughSync(SharedState):
 
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         settings = runtime.settings
-        super().__init__(
-            runtime.topics.click_through,
-            aiokafka_kwargs(settings, bootstrap),
-            producer_kwargs(settings, bootstrap),
-            runtime.metrics,
-        )
+        super().__init__(settings, bootstrap, runtime.topics.click_through, runtime.metrics)
         self.exposure: ClickThrough = runtime.recommender.exposure
         self.app_id = settings.app_id
-        self.worker = worker_id(settings.worker_state_dir)
         self.own_published: dict[tuple[str, str], PublishedCounts] = {}  # before ``restore``: what this worker had
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:

@@ -17,11 +17,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from xrec.kafka import aiokafka_kwargs, producer_kwargs
+
 if TYPE_CHECKING:
+    from xrec.config import Settings
     from xrec.metrics import XrecMetrics
 
 log = logging.getLogger(__name__)
@@ -79,13 +82,12 @@ class SharedState(abc.ABC):
     #: Its name in metrics (the ``state`` label).
     state: str = "shared"
 
-    def __init__(
-        self, topic: str, kafka_kwargs: dict[str, Any], producer_kwargs: dict[str, Any], metrics: XrecMetrics
-    ) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, topic: str, metrics: XrecMetrics) -> None:
         self.topic = topic
-        self.kafka_kwargs = kafka_kwargs
-        self.producer_kwargs = producer_kwargs
+        self.kafka_kwargs = aiokafka_kwargs(settings, bootstrap)
+        self.producer_kwargs = producer_kwargs(settings, bootstrap)
         self.metrics = metrics
+        self.worker = worker_id(settings.worker_state_dir)  # names this worker's share
         self.restored = False
 
     @abc.abstractmethod

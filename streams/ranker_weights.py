@@ -20,8 +20,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.compacted import SharedState, worker_id
-from xrec.kafka import aiokafka_kwargs, producer_kwargs
+from streams.compacted import SharedState
 from xrec.ranker import OnlineRanker
 from xrec.ranking import FEATURES
 
@@ -58,16 +57,11 @@ class RankerWeightsSync(SharedState):
 
     def __init__(self, runtime: Runtime, bootstrap: str) -> None:
         settings = runtime.settings
-        super().__init__(
-            runtime.topics.ranker,
-            aiokafka_kwargs(settings, bootstrap),
-            producer_kwargs(settings, bootstrap),
-            runtime.metrics,
-        )
+        super().__init__(settings, bootstrap, runtime.topics.ranker, runtime.metrics)
         self.runtime = runtime
         self.ranker = runtime.recommender.ranker
         self.prefix = f"{settings.app_id}/{settings.ranker_generation}/"
-        self.key = self.prefix + worker_id(settings.worker_state_dir)
+        self.key = self.prefix + self.worker
         self.others: dict[str, np.ndarray] = {}
         self.own_published: tuple[np.ndarray, int] | None = None  # this worker's delta as last published
         self.published_updates = -1

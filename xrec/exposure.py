@@ -35,6 +35,10 @@ class Counts:
     shown: float = 0.0
     clicked: float = 0.0
 
+    def scale(self, factor: float) -> None:
+        self.shown *= factor
+        self.clicked *= factor
+
 
 @dataclass(frozen=True)
 class PublishedCounts:
@@ -67,8 +71,7 @@ class _Tallies:
     def scale(self, factor: float) -> None:
         for table in self.by_kind.values():
             for counts in table.values():
-                counts.shown *= factor
-                counts.clicked *= factor
+                counts.scale(factor)
 
 
 class ClickThrough:
@@ -241,8 +244,7 @@ class ClickThrough:
                 tallies.scale(factor)
             for by_source in self.reported.values():
                 for counts in by_source.values():
-                    counts.shown *= factor
-                    counts.clicked *= factor
+                    counts.scale(factor)
             self.epoch = ts
             growth = 0.0
         return math.exp(growth)
