@@ -115,6 +115,26 @@ async def test_answers_stay_the_same_after_replacing_and_deleting_items(pair: tu
     await assert_same_answers(fast, scan, random_queries(60, seed=4, ids=ids))
 
 
+async def test_answers_stay_the_same_while_the_catalog_grows_past_the_mirrors_first_capacity(tmp_path: Path) -> None:
+    fast = EdgeStore(tmp_path / "fast", dim=DIM, index_threshold=10_000)
+    scan = EdgeStore(tmp_path / "scan", dim=DIM, index_threshold=10_000, batch_exact=False)
+    ids = []
+    try:
+        for store in (fast, scan):
+            await store.ensure_collection(DIM)
+        for part in range(5):  # 2,500 items in five upserts: the mirror's arrays grow twice on the way
+            points = catalog(500, seed=20 + part, prefix=f"p{part}-")
+            ids += [p.item_id for p in points]
+            for store in (fast, scan):
+                await store.upsert(points)
+                await store.delete([f"p{part}-{k}" for k in range(0, 500, 7)])  # holes filled from the end
+        kept = [i for i in ids if int(i.rsplit("-", 1)[1]) % 7]
+        await assert_same_answers(fast, scan, random_queries(40, seed=5, ids=kept))
+    finally:
+        for store in (fast, scan):
+            await store.close()
+
+
 async def test_the_mirror_is_rebuilt_from_the_shard_when_the_store_reopens(tmp_path: Path) -> None:
     first = EdgeStore(tmp_path / "s", dim=DIM)
     await first.upsert(catalog(200, seed=5))

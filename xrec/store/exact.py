@@ -36,16 +36,28 @@ def use_one_blas_thread() -> None:
 #: threshold, however large a batch a worker takes while it catches up.
 QUERY_BLOCK = 256
 
+#: Extra columns of the scan matrix beyond its capacity. Capacities double from 1,024, and a row stride
+#: that is a multiple of 4 KiB makes OpenBLAS's product with a few queries ~1.7x slower (cache-set
+#: conflicts: 2.25 against 1.31 ms for 6 queries at 10k items on the development machine).
+SCAN_PAD = 16
+
 #: Payload fields the mirror holds; a query asking for any other field goes to the engine.
 MIRRORED_FIELDS = frozenset({"item_id", "lang", "category", "available", "ts"})
 
 
 class ExactMirror:
-    """Unit vectors and filterable payload of every point, in insertion order, with swap-remove deletes."""
+    """Unit vectors and filterable payload of every point, in insertion order, with swap-remove deletes.
+
+    The vectors are kept twice: as rows (what answers hand out) and as the columns of ``_scan`` (what a
+    batch of queries is multiplied by). A batch of a few queries, the usual one at moderate load, runs
+    1.4-1.7x faster against a dim x items matrix than against the rows' transpose; the copy costs
+    dim x 4 bytes per item (31 MB at the 20k-item index threshold).
+    """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self._vectors = np.zeros((1024, dim), np.float32)
+        self._scan = np.zeros((dim, 1024 + SCAN_PAD), np.float32)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
         self._payloads: list[dict[str, Any]] = []  # the mirrored fields of each point's payload
@@ -88,6 +100,7 @@ class ExactMirror:
                 self._ids.append(item_id)
                 self._payloads.append({})
             self._vectors[row] = vector
+            self._scan[:, row] = vector
             self._payloads[row] = {k: payload[k] for k in MIRRORED_FIELDS if k in payload}
             self._lang[row] = self._code(payload.get("lang"))
             self._category[row] = self._code(payload.get("category"))
@@ -103,6 +116,7 @@ class ExactMirror:
                 moved = self._ids[last]
                 self._ids[row], self._payloads[row] = moved, self._payloads[last]
                 self._vectors[row] = self._vectors[last]
+                self._scan[:, row] = self._scan[:, last]
                 self._lang[row], self._category[row] = self._lang[last], self._category[last]
                 self._available[row] = self._available[last]
                 self._row[moved] = row
@@ -186,7 +200,7 @@ class ExactMirror:
         if not queries or n == 0:
             return [empty for _ in queries]
         unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
-        scores = unit @ self._vectors[:n].T  # the one pass over the catalog
+        scores = unit @ self._scan[:, :n]  # the one pass over the catalog
         by_filter: dict[ItemFilter, list[int]] = {}
         by_limit: dict[int, list[int]] = {}
         hidden_q: list[int] = []
@@ -246,6 +260,9 @@ class ExactMirror:
             return
         capacity = max(size, 2 * len(self._vectors))
         self._vectors = np.resize(self._vectors, (capacity, self.dim))
+        scan = np.zeros((self.dim, capacity + SCAN_PAD), np.float32)
+        scan[:, : self._scan.shape[1]] = self._scan
+        self._scan = scan
         self._lang = np.resize(self._lang, capacity)
         self._category = np.resize(self._category, capacity)
         self._available = np.resize(self._available, capacity)
