@@ -234,15 +234,14 @@ def mmr_select_many(
     u's first ``counts[u]`` candidates are real, the rest padding. Each step is one stacked product for
     everyone; one user takes ``mmr_select``'s plain products, which cost less per call."""
     users, width = relevance.shape
+    if lam >= 1.0:
+        return top_many(relevance, counts, n)
     if users == 1:
         return [mmr_select(vectors[0, : counts[0]], relevance[0, : counts[0]], n, lam)]
     limits = [min(n, c) for c in counts]
     if width == 0 or n <= 0:
         return [[] for _ in counts]
     real = np.arange(width)[None, :] < np.asarray(counts)[:, None]
-    if lam >= 1.0:
-        order = np.argsort(np.where(real, -relevance, np.inf), axis=1, kind="stable")[:, : min(n, width)].tolist()
-        return [picks[:m] for picks, m in zip(order, limits, strict=True)]
     base = np.where(real, lam * relevance, -np.inf)  # a picked candidate's base becomes −inf too
     everyone = np.arange(users)
     steps: list[np.ndarray] = []
@@ -255,6 +254,17 @@ def mmr_select_many(
         max_sim = sims if max_sim is None else np.maximum(max_sim, sims)
     picks = np.stack(steps, axis=1).tolist()
     return [p[:m] for p, m in zip(picks, limits, strict=True)]
+
+
+def top_many(relevance: np.ndarray, counts: Sequence[int], n: int) -> list[list[int]]:
+    """Each user's ``n`` most relevant candidates, best first (ties in candidate order): ``mmr_select_many``
+    with no diversity term. User u's first ``counts[u]`` candidates are real, the rest padding."""
+    width = relevance.shape[1]
+    if width == 0 or n <= 0:
+        return [[] for _ in counts]
+    real = np.arange(width)[None, :] < np.asarray(counts)[:, None]
+    order = np.argsort(np.where(real, -relevance, np.inf), axis=1, kind="stable")[:, : min(n, width)].tolist()
+    return [picks[: min(n, c)] for picks, c in zip(order, counts, strict=True)]
 
 
 def rank(
@@ -338,19 +348,20 @@ def expand_interests(
     answers = columns.per_query
     interests = np.concatenate(own)  # one query per interest, in order
     weights = np.concatenate([p.weights for p in profiles])
-    found = np.fromiter((min(top, len(a)) for a in answers), np.intp, count=len(answers))
     means = np.zeros_like(interests)
     for first in range(0, len(answers), _EXPANSION_BLOCK):
-        taken = np.flatnonzero(found[first : first + _EXPANSION_BLOCK]) + first
-        if not len(taken):
-            continue
-        rows = np.concatenate([answers[q][: found[q]] for q in taken])
-        owner = np.repeat(taken, found[taken])
-        weight = np.maximum(0.0, np.einsum("ij,ij->i", neutral[rows], interests[owner]))[:, None]
-        starts = np.concatenate([[0], np.cumsum(found[taken])[:-1]])
-        total = np.add.reduceat(weight, starts, axis=0)
-        sums = np.add.reduceat(neutral[rows] * weight, starts, axis=0)
-        means[taken] = np.where(total > 1e-9, sums / np.maximum(total, 1e-9), 0.0)
+        block = answers[first : first + _EXPANSION_BLOCK]
+        # Each query's best answers as a padded (queries, top) table: one gather, then batched products.
+        found = np.fromiter((min(top, len(a)) for a in block), np.intp, count=len(block))
+        real = np.arange(top)[None, :] < found[:, None]
+        rows = np.zeros((len(block), top), np.intp)
+        rows[real] = np.concatenate([a[:top] for a in block])  # row by row, as the mask is filled
+        gathered = neutral[rows]  # (queries, top, dim)
+        mine = interests[first : first + len(block)]
+        weight = np.where(real, np.maximum(0.0, (gathered @ mine[:, :, None])[:, :, 0]), 0.0).astype(np.float32)
+        total = weight.sum(axis=1, keepdims=True)
+        sums = (weight[:, None, :] @ gathered)[:, 0, :]
+        means[first : first + len(block)] = np.where(total > 1e-9, sums / np.maximum(total, 1e-9), 0.0)
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     ok = norms[:, 0] > 1e-6
     keep = (weights / (weights + EXPANSION_PRIOR_EVENTS))[:, None].astype(np.float32)
@@ -441,8 +452,11 @@ class CandidateTable:
     ) -> list[list[RecommendedItem]]:
         """Lists of a few users whose candidates are ``padded`` (None: one user, the whole table)."""
         score, interest_of = self.score(users, padded, params, profile_params, now_ms, interests)
-        vectors = self.neutral[None] if padded is None else self.neutral[padded]
-        picks = mmr_select_many(vectors, score, counts, params.list_length, params.mmr_lambda)
+        if params.mmr_lambda >= 1.0:  # no diversity term: the candidates' vectors are not needed
+            picks = top_many(score, counts, params.list_length)
+        else:
+            vectors = self.neutral[None] if padded is None else self.neutral[padded]
+            picks = mmr_select_many(vectors, score, counts, params.list_length, params.mmr_lambda)
         lists = []
         for j, profile in enumerate(users):
             at = list(range(len(self.cands))) if padded is None else padded[j].tolist()

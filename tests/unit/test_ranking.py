@@ -15,10 +15,12 @@ import pytest
 from xrec.config import Settings
 from xrec.profile import ProfileParams, UserProfile
 from xrec.ranking import (
+    EXPANSION_PRIOR_EVENTS,
     Candidates,
     Popularity,
     RankParams,
     candidate_queries,
+    expand_interests,
     mmr_select,
     mmr_select_many,
     rank,
@@ -255,6 +257,43 @@ def test_mmr_for_many_users_at_once_picks_what_it_picks_for_each_alone() -> None
         alone = [mmr_select(vectors[u, :c], relevance[u, :c], 5, lam) for u, c in enumerate(counts)]
         assert together == alone
         assert [len(picks) for picks in together] == [5, 1, 5, 5, 3]
+
+
+def test_each_interest_moves_toward_the_similarity_weighted_mean_of_its_own_best_answers() -> None:
+    """Checked one interest at a time against the rule written out plainly, over more queries than one
+    block of the batched computation, with queries that found fewer answers than asked or none."""
+    rng = np.random.default_rng(11)
+    neutral = rng.standard_normal((300, DIM)).astype(np.float32)
+    neutral /= np.linalg.norm(neutral, axis=1, keepdims=True)
+    profiles: list[UserProfile] = []
+    answers: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
+    for _ in range(200):
+        k = int(rng.integers(1, 5))
+        centroids = rng.standard_normal((k, DIM)).astype(np.float32)
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        profiles.append(UserProfile(dim=DIM, centroids=centroids, weights=rng.uniform(0.2, 9.0, k), anchors=["a"] * k))
+        spans.append((len(answers), len(answers) + k))
+        answers += [rng.choice(300, int(rng.choice([0, 2, 5, 40])), replace=False) for _ in range(k)]
+    assert len(answers) > 512
+    columns = HitColumns(
+        item_ids=[f"i{i}" for i in range(300)], vectors=neutral, payload={}, per_query=answers, scores=[]
+    )
+    top = 5
+    moved = np.concatenate(expand_interests(profiles, columns, spans, neutral, top))
+    interests = np.concatenate([p.centroids for p in profiles])
+    weights = np.concatenate([p.weights for p in profiles])
+    for q, found in enumerate(answers):
+        best = neutral[found[:top]]
+        pull = np.maximum(0.0, best @ interests[q])
+        if not len(found) or pull.sum() < 1e-9:
+            np.testing.assert_allclose(moved[q], interests[q], atol=1e-6)  # nothing to move toward
+            continue
+        mean = (pull[:, None] * best).sum(axis=0) / pull.sum()
+        keep = weights[q] / (weights[q] + EXPANSION_PRIOR_EVENTS)
+        want = keep * interests[q] + (1 - keep) * mean / np.linalg.norm(mean)
+        np.testing.assert_allclose(moved[q], want / np.linalg.norm(want), atol=1e-5)
+    assert expand_interests(profiles, columns, spans, neutral, 0)[3] is profiles[3].centroids  # 0: unchanged
 
 
 def test_ranking_a_batch_of_users_gives_each_the_list_ranking_them_alone_gives() -> None:
