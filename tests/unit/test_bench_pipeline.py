@@ -16,6 +16,8 @@ from xrec.bench.naive import NaiveEngine, profile_from_json, profile_to_json
 from xrec.bench.pipeline import (
     OutRecord,
     coverage,
+    format_table,
+    fresh_rate_within,
     parse_levels,
     percentiles,
     summarize_collapsed,
@@ -249,3 +251,64 @@ def test_load_levels_and_worker_counts_are_read_from_commas_and_refused_plainly_
     for bad in ("", "two", "0"):
         with pytest.raises(CommandError, match="--workers"):
             worker_counts(bad)
+
+
+def level(rate: float, p99: float, answered: int = 100, events: int = 100) -> dict:
+    return {"offered_rate": rate, "latency_ms": {"p99": p99}, "answered": answered, "events": events}
+
+
+def test_the_fresh_rate_within_100_ms_is_read_where_the_curve_crosses_it() -> None:
+    curve = [level(300.0, 140.0), level(100.0, 20.0), level(200.0, 60.0)]  # levels in any order
+    fresh = fresh_rate_within(curve)
+    assert fresh["bound"] == "about"
+    assert fresh["events_per_s"] == pytest.approx(200.0 + 40.0 / 80.0 * 100.0)  # 250 events/s
+
+
+def test_the_fresh_rate_says_when_every_level_or_none_stays_within_it() -> None:
+    assert fresh_rate_within([level(50.0, 12.0), level(150.0, 90.0)]) == {
+        "p99_ms": 100.0,
+        "events_per_s": 150.0,
+        "bound": "at least",
+    }
+    assert fresh_rate_within([level(50.0, 130.0), level(150.0, 90.0)])["bound"] == "below"
+    assert fresh_rate_within([])["events_per_s"] is None
+
+
+def test_a_level_that_left_events_unanswered_is_not_within_the_limit_whatever_its_p99() -> None:
+    fresh = fresh_rate_within([level(100.0, 20.0), level(200.0, 40.0, answered=97)])
+    assert (fresh["bound"], fresh["events_per_s"]) == ("about", 100.0)
+
+
+def test_the_table_prints_the_fresh_rate_line() -> None:
+    fresh = {"p99_ms": 100.0, "events_per_s": 251.4, "bound": "about"}
+    table = format_table(
+        {
+            "workload": {"source": "s", "items": 1, "users": 1, "events": 1},
+            "catalog": {"load_s": 0.0, "optimize_s": 0.0, "search": "exact"},
+            "xrec": {
+                "saturation": {
+                    "events_per_s": 1.0,
+                    "covered": 1,
+                    "lists": 1,
+                    "lists_per_s": 1.0,
+                    "seconds": 1.0,
+                    "cpu_s_per_1k_events": 1.0,
+                    "cpu_util": 1.0,
+                },
+                "load_curve": [],
+                "fresh": fresh,
+                "memory": {
+                    "profiles": 1,
+                    "profile_bytes_mean": 1.0,
+                    "profile_mb_per_100k": 1.0,
+                    "rss_growth_mb": 1.0,
+                    "rss_mb_per_100k_new_profiles": 1.0,
+                },
+            },
+            "naive": {"status": "not run"},
+            "review_mix": {"status": "not run"},
+            "machine": {"cpus": 2, "load_avg_at_start": [0.0], "load_avg_at_end": [0.0]},
+            "seconds": 1.0,
+        }
+    )
+    assert "fresh      p99 within 100 ms up to about 251 fresh events/s" in table

@@ -418,6 +418,38 @@ def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
     return out
 
 
+#: The freshness a user asks of a list: the bench reports the fresh rate a worker serves within it.
+FRESH_P99_MS = 100.0
+
+
+def fresh_rate_within(curve: list[dict[str, Any]], p99_ms: float = FRESH_P99_MS) -> dict[str, Any]:
+    """The offered rate of fresh events up to which the list's p99 stays within ``p99_ms``, from one
+    latency curve: interpolated between the last level within it and the first level above it.
+
+    The levels are shares of the backlog's saturation, where batches are large and cheap; fresh events
+    come a few at a time, so this is the figure to size workers by (README, "Fresh events never wait").
+    """
+    levels = sorted(curve, key=lambda c: c["offered_rate"])
+    out: dict[str, Any] = {"p99_ms": p99_ms, "events_per_s": None, "bound": "none"}
+    if not levels:
+        return out
+
+    def within(level: dict[str, Any]) -> bool:  # an unanswered event is a list that never came
+        return level["answered"] == level["events"] and level["latency_ms"]["p99"] <= p99_ms
+
+    for i, level in enumerate(levels):
+        if within(level):
+            continue
+        if i == 0:
+            return {**out, "events_per_s": level["offered_rate"], "bound": "below"}  # even the lowest level misses
+        low = levels[i - 1]
+        r0, r1 = low["offered_rate"], level["offered_rate"]
+        q0, q1 = low["latency_ms"]["p99"], level["latency_ms"]["p99"]
+        rate = r0 + (p99_ms - q0) * (r1 - r0) / (q1 - q0) if q1 > p99_ms else r0  # else: it lost events
+        return {**out, "events_per_s": rate, "bound": "about"}
+    return {**out, "events_per_s": levels[-1]["offered_rate"], "bound": "at least"}  # every level within it
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "max": math.nan}
@@ -753,7 +785,7 @@ class Bench:
         finally:
             worker.stop()
             shutil.rmtree(settings.worker_state_dir, ignore_errors=True)
-        out = {"saturation": result, "load_curve": curve, "memory": memory}
+        out = {"saturation": result, "load_curve": curve, "fresh": fresh_rate_within(curve), "memory": memory}
         if self.profile is not None:
             out["profile"] = self.profile
         return out
@@ -1211,6 +1243,17 @@ def format_table(result: dict[str, Any]) -> str:
             f"{level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
             f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
             f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}"
+        )
+    fresh = x.get("fresh")
+    if fresh and fresh["events_per_s"] is not None:
+        rate, limit = fresh["events_per_s"], fresh["p99_ms"]
+        lines.append(
+            f"fresh      p99 within {limit:.0f} ms "
+            + {
+                "about": f"up to about {rate:.0f} fresh events/s (interpolated between levels)",
+                "at least": f"at every level, up to {rate:.0f} events/s offered",
+                "below": f"at no level: already above it at {rate:.0f} events/s",
+            }[fresh["bound"]]
         )
     lines += [
         f"memory     {mem['profiles']} profiles, {mem['profile_bytes_mean']:.0f} B each = "
