@@ -211,8 +211,11 @@ class Recommender:
         #: Each A/B variant's ranking settings (``rank_params``: the first variant's).
         self.variant_params = {name: RankParams.from_settings(s) for name, s in self.variants.settings.items()}
         self.learned = {name for name, s in self.variants.settings.items() if s.ranker == "learned"}
+        #: The variant whose settings the learned ranker starts from and computes an impression's terms
+        #: with: the first learned one, so what it learns is weighed against the terms it is served with.
+        self.learning_variant = next((n for n in self.variants.names if n in self.learned), self.variants.default)
         self.ranker = OnlineRanker(
-            self.rank_params.weights(),
+            self.variant_params[self.learning_variant].weights(),
             settings.ranker_learning_rate,
             settings.ranker_l2,
             frozen=settings.ranker_learning == "frozen",
@@ -569,7 +572,7 @@ class Recommender:
             cands = Candidates(
                 ids, np.stack([m.vector for m in metas]), langs, np.asarray([m.ts for m in metas], np.int64)
             )
-            params = self.rank_params
+            params = self.variant_params[self.learning_variant]
             table = CandidateTable.of(
                 cands, params, self.popularity.trend(ids), space, self._click_through(params, ids, langs, always=True)
             )

@@ -126,6 +126,27 @@ async def test_the_latest_impression_is_kept_in_the_profile_so_a_click_after_a_r
     assert kept is not None and kept.item_ids == ["t0-en-1", "t1-en-0", "t2-en-0"] and kept.taken == {"t1-en-0"}
 
 
+async def test_a_learned_variant_that_is_not_the_first_learns_with_its_own_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        store_backend="edge",
+        store_path=str(tmp_path / "store"),
+        variants="fixed=50; learned=50 ranker=learned language_policy=prefer ctr_weight=0.2",
+        ranker_learning_rate=0.5,
+    )
+    rec = Recommender(settings, open_store(settings, dim=DIM), encoder=None, dim=DIM, clock_ms=Clock())
+    await rec.start()
+    await rec.handle_items(catalog())
+    assert rec.ranker.initial[FEATURES.index("ctr")] == pytest.approx(0.2)  # its hand-set weights, not fixed's
+    profiles = dict[bytes, bytes]()
+    await rec.handle_events([event("u1", "t0-en-0")], profiles)
+    await rec.handle_events([Impression("imp-1", "u1", ("t0-en-1", "t0-de-0", "t1-ja-0"), T0)], profiles)
+    kept = UserProfile.from_bytes(profiles[b"u1"]).last_impression
+    assert kept is not None
+    language = kept.features[:, FEATURES.index("language")]
+    assert language[0] > 0 and language[1] == language[2] == 0  # prefer's term: the reader's language only
+    await rec.store.close()
+
+
 async def test_hostile_or_unknown_impressions_never_move_the_weights(learning_engine: Recommender) -> None:
     rec, profiles = learning_engine, dict[bytes, bytes]()
     await rec.handle_events([event("u1", "t0-en-0")], profiles)
