@@ -4,6 +4,8 @@ No timings are asserted."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from xrec.bench.naive import NaiveEngine, profile_from_json, profile_to_json
 from xrec.bench.pipeline import (
+    Bench,
     OutRecord,
     coverage,
     format_table,
@@ -312,3 +315,13 @@ def test_the_table_prints_the_fresh_rate_line() -> None:
         }
     )
     assert "fresh      p99 within 100 ms up to about 251 fresh events/s" in table
+
+
+def test_a_phase_that_is_not_the_profiled_one_leaves_the_profile_file_alone(tmp_path: Path) -> None:
+    out = tmp_path / "worker.txt"
+    out.write_text("the profiled level's stacks\n")
+    args = argparse.Namespace(py_spy=out, py_spy_level=50)
+    bench = Bench(args=args, settings=Settings(), tmp=tmp_path)
+    with bench.py_spy(pid=os.getpid(), seconds=0):
+        pass
+    assert out.read_text() == "the profiled level's stacks\n" and bench.profile is None

@@ -684,7 +684,9 @@ class Bench:
 
     @contextmanager
     def py_spy(self, pid: int, seconds: float) -> Iterator[None]:
-        if self.args.py_spy is None:
+        """Record the worker for ``seconds`` into ``--py-spy``'s file; 0 records nothing (another phase or level
+        is the one profiled, and its file must not be overwritten)."""
+        if self.args.py_spy is None or seconds <= 0:
             yield
             return
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
