@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from xrec.config import Settings
+from xrec.errors import CommandError
 from xrec.eval import crosslingual as xl
 from xrec.eval.topic_catalog import TopicCatalog, TopicItem, topic_tsv
 
@@ -51,6 +53,30 @@ def test_a_topic_tsv_is_read_in_the_masakhanews_layout(tmp_path: Path) -> None:
     path.write_text("id\tlang\tcategory\theadline\ttext\nx1\tswa\tsports\tMpira\tTimu ilishinda\n", encoding="utf-8")
     [item] = topic_tsv(path).items
     assert (item.item_id, item.lang, item.category, item.text) == ("x1", "swa", "sports", "Mpira. Timu ilishinda")
+
+
+def test_a_topic_tsv_from_a_spreadsheet_is_read_and_its_broken_lines_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "news.tsv"
+    rows = [
+        "id\tlang\tcategory\theadline\ttext",
+        "x1\tswa\tsports\tMpira\tTimu",
+        "x2\tswa\tsports",
+        "x3\ten\tsports\tBall\tWon",
+    ]
+    path.write_bytes("\r\n".join(rows).encode("utf-8-sig"))  # a byte-order mark and Windows line ends
+    with caplog.at_level(logging.WARNING):
+        items = topic_tsv(path).items
+    assert [(it.item_id, it.text) for it in items] == [("x1", "Mpira. Timu"), ("x3", "Ball. Won")]
+    assert "left out 1 lines" in caplog.text and "line 3" in caplog.text
+
+
+def test_a_topic_tsv_with_an_id_twice_is_refused_with_the_id(tmp_path: Path) -> None:
+    path = tmp_path / "news.tsv"
+    path.write_text("id\tlang\tcategory\theadline\ttext\nx1\ten\ta\tA\tB\nx1\tfr\ta\tA\tB\n", encoding="utf-8")
+    with pytest.raises(CommandError, match="'x1'"):
+        topic_tsv(path)
 
 
 def test_the_served_lists_cross_languages_on_topic_where_raw_cosine_stays_home(tmp_path: Path) -> None:

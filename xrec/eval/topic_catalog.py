@@ -15,12 +15,16 @@ An item's text is what a producer would send (title and body), encoded as the st
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from xrec.errors import CommandError
 from xrec.events import ItemUpsert
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,18 +58,31 @@ class TopicCatalog:
 
 
 def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, str]]:
-    """Rows of a tab-separated file with a header naming at least ``columns`` (no quoting)."""
+    """Rows of a tab-separated file with a header naming at least ``columns`` (no quoting). A byte-order
+    mark, which spreadsheets and other tools write, is read as if absent; a line
+    with another number of fields than the header is left out and counted in a warning."""
     if not path.is_file():
         raise CommandError(f"{path} not found (see ../shared/data/README.md for the data)")
-    with path.open(encoding="utf-8") as fh:
+    skipped: list[int] = []
+    with path.open(encoding="utf-8-sig") as fh:  # Windows line ends are read as "\n" too
         header = fh.readline().rstrip("\n").split("\t")
         missing = [c for c in columns if c not in header]
         if missing:
             raise CommandError(f"{path}: the header lacks {', '.join(missing)} (it has {', '.join(header)})")
-        for line in fh:
+        for number, line in enumerate(fh, start=2):
             parts = line.rstrip("\n").split("\t")
             if len(parts) == len(header):
                 yield dict(zip(header, parts, strict=True))
+            elif line.strip():
+                skipped.append(number)
+    if skipped:
+        log.warning(
+            "%s: left out %d lines whose number of tab-separated fields is not the header's %d (first: line %d)",
+            path,
+            len(skipped),
+            len(header),
+            skipped[0],
+        )
 
 
 def bilingual_mind(data_dir: Path) -> TopicCatalog:
@@ -110,4 +127,9 @@ def topic_tsv(path: Path) -> TopicCatalog:
     ]
     if not items:
         raise CommandError(f"{path}: no items")
+    twice = [item_id for item_id, n in Counter(it.item_id for it in items).items() if n > 1]
+    if twice:
+        raise CommandError(
+            f"{path}: {len(twice)} ids appear more than once (first: {twice[0]!r}); each item needs its own id"
+        )
     return TopicCatalog(path.stem, str(path), items)
