@@ -119,6 +119,25 @@ def test_impressions_are_read_in_time_order(data_dir: Path) -> None:
     assert [imp.impression_id for imp in read_behaviors(path)] == ["1", "2"]
 
 
+def test_files_as_microsoft_publishes_mind_without_a_header_are_read_too(data_dir: Path, tmp_path: Path) -> None:
+    behaviors = tmp_path / "behaviors.tsv"
+    behaviors.write_text(f"2\tU2\t{at(11)}\tH1\tC1-1 C2-0\n1\tU1\t{at(10)}\tH2\tC1-0 C2-1\n", encoding="utf-8")
+    assert [imp.impression_id for imp in read_behaviors(behaviors)] == ["1", "2"]
+    published = tmp_path / "published"
+    published.mkdir()
+    en = (data_dir / "news_en.tsv").read_text(encoding="utf-8").splitlines()[1:]  # no header, and MIND's url
+    (published / "news_en.tsv").write_text("".join(f"{row}\thttps://x\t[]\t[]\n" for row in en), encoding="utf-8")
+    (published / "news_zh.tsv").write_text((data_dir / "news_zh.tsv").read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_news(published) == load_news(data_dir)
+
+
+def test_a_header_that_is_not_minds_is_refused_plainly(tmp_path: Path) -> None:
+    path = tmp_path / "b.tsv"
+    path.write_text(f"impression_id\tuser\ttime\thistory\timpressions\n1\tU1\t{at(10)}\tH2\tC1-0\n", encoding="utf-8")
+    with pytest.raises(CommandError, match="expected the header impression_id user_id time history impressions"):
+        read_behaviors(path)
+
+
 def test_every_skipped_impression_is_counted_with_its_reason(data_dir: Path) -> None:
     path = write_behaviors(
         data_dir / "b.tsv",

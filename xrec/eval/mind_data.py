@@ -14,6 +14,7 @@ user's history and shown in English to another, and a multilingual catalog holds
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -82,19 +83,27 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def _read_tsv(path: Path, header: list[str]) -> Iterable[list[str]]:
+    """The rows of a MIND-style file: with ``header`` as its first line (the shared data), or without any
+    header, as Microsoft publishes MIND (``behaviors.tsv``; ``news.tsv`` has three more fields after the
+    abstract, which are left out: a headerless line may have more fields than ``header`` names)."""
     if not path.is_file():
         raise CommandError(f"{path} not found (expected a MIND/xMIND data directory, see ../shared/data/README.md)")
-    with path.open(encoding="utf-8") as fh:
-        found = fh.readline().rstrip("\n").split("\t")
-        if found != header:
-            raise CommandError(f"{path}: expected the header {' '.join(header)}, found {' '.join(found)}")
-        for lineno, line in enumerate(fh, start=2):
+    with path.open(encoding="utf-8-sig") as fh:
+        first = fh.readline()
+        found = first.rstrip("\n").split("\t")
+        headerless = found != header and len(found) >= len(header) and found[0] not in header
+        if found != header and not headerless:
+            raise CommandError(
+                f"{path}: expected the header {' '.join(header)} or no header, found {' '.join(found)[:200]}"
+            )
+        lines = itertools.chain([first], fh) if headerless else fh
+        for lineno, line in enumerate(lines, start=1 if headerless else 2):
             if not line.strip():
                 continue
             parts = line.rstrip("\n").split("\t")
-            if len(parts) != len(header):
+            if len(parts) != len(header) and not (headerless and len(parts) > len(header)):
                 raise CommandError(f"{path}:{lineno}: expected {len(header)} tab-separated fields, found {len(parts)}")
-            yield parts
+            yield parts[: len(header)]
 
 
 def load_news(data_dir: Path) -> dict[str, dict[str, News]]:
