@@ -15,18 +15,12 @@ import orjson
 import pytest
 
 from xrec.bench.naive import NaiveEngine, profile_from_json, profile_to_json
-from xrec.bench.pipeline import (
-    Bench,
-    OutRecord,
-    coverage,
-    format_table,
-    fresh_rate_within,
-    parse_levels,
-    percentiles,
-    summarize_collapsed,
-    synthetic_profiles,
-    worker_counts,
-)
+from xrec.bench.pipeline.cli import parse_levels, worker_counts
+from xrec.bench.pipeline.harness import Bench
+from xrec.bench.pipeline.inputs import synthetic_profiles
+from xrec.bench.pipeline.kafka_io import OutRecord
+from xrec.bench.pipeline.measures import coverage, fresh_rate_within, percentiles, summarize_collapsed
+from xrec.bench.pipeline.report import format_table
 from xrec.bench.sessions import build_workload, load_amazon_sessions
 from xrec.config import Settings
 from xrec.errors import CommandError

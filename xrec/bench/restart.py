@@ -23,7 +23,9 @@ from typing import Any
 
 import orjson
 
-from xrec.bench.pipeline import DIM, Bench, SampledProcess, produce, run_async
+from xrec.bench.pipeline.harness import DIM, Bench
+from xrec.bench.pipeline.kafka_io import produce, run_async
+from xrec.bench.pipeline.process import SampledProcess
 from xrec.bench.sessions import build_workload
 from xrec.config import Settings
 from xrec.errors import CommandError

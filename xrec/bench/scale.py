@@ -25,27 +25,12 @@ from typing import Any
 
 import orjson
 
-from xrec.bench.pipeline import (
-    METRICS_POLL_S,
-    SETTLE_TIMEOUT_S,
-    STALL_TIMEOUT_S,
-    WORKER_START_TIMEOUT_S,
-    Bench,
-    Coverage,
-    ProcSampler,
-    SampledProcess,
-    catalog_points,
-    coverage,
-    encoded_events,
-    parse_levels,
-    percentiles,
-    produce,
-    produce_paced,
-    read_topic,
-    run_async,
-    unanswered,
-    worker_counts,
-)
+from xrec.bench.pipeline.cli import parse_levels, worker_counts
+from xrec.bench.pipeline.harness import METRICS_POLL_S, SETTLE_TIMEOUT_S, STALL_TIMEOUT_S, WORKER_START_TIMEOUT_S, Bench
+from xrec.bench.pipeline.inputs import catalog_points
+from xrec.bench.pipeline.kafka_io import encoded_events, produce, produce_paced, read_topic, run_async
+from xrec.bench.pipeline.measures import Coverage, coverage, percentiles, unanswered
+from xrec.bench.pipeline.process import ProcSampler, SampledProcess
 from xrec.bench.sessions import Catalog, Workload
 from xrec.errors import CommandError
 from xrec.metrics import CONSUMER_LAG_INTERVAL_S
