@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import start_qdrant_server
 from xrec.broker import free_port
 from xrec.config import Settings
-from xrec.store import ItemPoint, StoreError, VectorQuery
+from xrec.store import ItemFilter, ItemPoint, StoreError, VectorQuery
 from xrec.store.local_server import LocalQdrantServer
 from xrec.store.qdrant import QdrantServerStore
 
@@ -98,5 +98,55 @@ async def test_calls_made_while_the_server_is_away_wait_for_it_and_then_answer(
         assert [h.item_id for h in hits] == ["i2"]
         assert store.reachable
         assert await store.count() == 5
+    finally:
+        await store.close()
+
+
+async def test_searches_read_straight_from_grpc_replies_answer_what_qdrant_clients_own_models_answer(
+    qdrant_server: LocalQdrantServer,
+) -> None:
+    store = QdrantServerStore.from_settings(settings_for(qdrant_server, "grpc"), dim=DIM)
+    assert store.grpc_queries  # the worker's default: gRPC, read without qdrant-client's models
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    payloads = [
+        {
+            "lang": ("en", "de", "ja")[i % 3],
+            "category": f"c{i % 4}",
+            "available": i % 7 != 0,
+            "ts": 1_700_000_000_000 + i,
+            "rating": i / 4,
+            "tags": ["x", str(i)],
+            "extra": {"depth": {"n": i}, "none": None},
+            "title": f"title {i} — ünïcode",
+        }
+        for i in range(40)
+    ]
+    await store.upsert([ItemPoint(f"item-{i}", vectors[i], payloads[i]) for i in range(40)])
+    queries = [
+        VectorQuery(vectors[0], limit=10),
+        VectorQuery(vectors[1], limit=5, exclude_ids=("item-2", "item-5", "no-such-item")),
+        VectorQuery(vectors[2], limit=8, filter=ItemFilter(langs=("en", "ja"), available_only=False)),
+        VectorQuery(vectors[3], limit=6, filter=ItemFilter(categories=("c1",)), payload_fields=("lang", "ts")),
+        VectorQuery(vectors[4], limit=40, payload_fields=()),
+    ]
+    try:
+        for with_vectors in (False, True):
+            direct = await store.query_batch(queries, with_vectors=with_vectors)
+            store.grpc_queries = False
+            via_models = await store.query_batch(queries, with_vectors=with_vectors)
+            store.grpc_queries = True
+            assert [len(hits) for hits in direct] == [10, 5, 8, 6, 34] == [len(hits) for hits in via_models]
+            for ours, theirs in zip(direct, via_models, strict=True):
+                assert [(h.item_id, h.payload) for h in ours] == [(h.item_id, h.payload) for h in theirs]
+                np.testing.assert_allclose([h.score for h in ours], [h.score for h in theirs], rtol=1e-6)
+                for a, b in zip(ours, theirs, strict=True):
+                    assert (a.vector is None) == (b.vector is None) == (not with_vectors)
+                    if with_vectors:
+                        np.testing.assert_array_equal(a.vector, b.vector)
+            first = direct[0][0]
+            assert first.payload == {"item_id": first.item_id, **payloads[int(first.item_id.split("-")[1])]}
+            assert direct[3][0].payload.keys() == {"item_id", "lang", "ts"}
     finally:
         await store.close()

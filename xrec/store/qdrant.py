@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 import grpc
 import httpx
 from qdrant_client import AsyncQdrantClient
+from qdrant_client import grpc as qgrpc
 from qdrant_client import models as qm
+from qdrant_client.conversions.conversion import GrpcToRest, RestToGrpc, grpc_to_payload
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from xrec.config import Settings
@@ -64,6 +66,8 @@ QUERY_CHUNK = 256
 QUERY_CHUNKS_AT_ONCE = 4
 #: Ids per retrieve request, for the same reason.
 FETCH_CHUNK = 1024
+#: Deadline of one search request sent over gRPC by this module (qdrant-client's own default).
+GRPC_QUERY_TIMEOUT_S = 5
 #: Pauses between tries while an outage lasts: doubling from the first to the last.
 OUTAGE_FIRST_PAUSE_S = 0.25
 OUTAGE_LAST_PAUSE_S = 5.0
@@ -90,8 +94,19 @@ class QdrantServerStore:
 
     name = "qdrant"
 
-    def __init__(self, client: AsyncQdrantClient, collection: str, *, dim: int | None = None, where: str = "") -> None:
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection: str,
+        *,
+        dim: int | None = None,
+        where: str = "",
+        grpc_queries: bool = False,
+    ) -> None:
         self.client = client
+        #: Searches go to the server's gRPC service directly and their replies are read as they come
+        #: (``_query_chunk``); False: through qdrant-client's models (HTTP, or its local mode).
+        self.grpc_queries = grpc_queries
         self.collection = collection
         self.where = where or "qdrant"
         self._dim = dim
@@ -117,7 +132,7 @@ class QdrantServerStore:
         where = settings.qdrant_url + (f" (gRPC port {grpc_port})" if settings.qdrant_prefer_grpc else "")
         if settings.qdrant_api_key and settings.qdrant_url.startswith("http://"):
             log.warning("the Qdrant API key is sent over plain http to %s", settings.qdrant_url)
-        return cls(client, settings.collection, dim=dim, where=where)
+        return cls(client, settings.collection, dim=dim, where=where, grpc_queries=settings.qdrant_prefer_grpc)
 
     @classmethod
     def local(cls, collection: str, *, path: str | Path | None = None, dim: int | None = None) -> QdrantServerStore:
@@ -211,17 +226,32 @@ class QdrantServerStore:
         requests = [_query_request(queries[i], vec, with_vectors) for i, vec in zip(todo, matrix.tolist(), strict=True)]
         at_once = asyncio.Semaphore(QUERY_CHUNKS_AT_ONCE)
 
-        async def chunk(part: list[qm.QueryRequest]) -> list[Any]:
+        async def chunk(part: list[qm.QueryRequest]) -> list[list[Hit]]:
             async with at_once:
-                return await self._call("query", lambda: self.client.query_batch_points(self.collection, requests=part))
+                return await self._call("query", lambda: self._query_chunk(part, with_vectors))
 
         parts = await asyncio.gather(
             *(chunk(requests[start : start + QUERY_CHUNK]) for start in range(0, len(requests), QUERY_CHUNK))
         )
         answers = [answer for part in parts for answer in part]
         for i, answer in zip(todo, answers, strict=True):
-            results[i] = [_hit(sp, with_vectors) for sp in answer.points]
+            results[i] = answer
         return results
+
+    async def _query_chunk(self, requests: list[qm.QueryRequest], with_vectors: bool) -> list[list[Hit]]:
+        """One search request's answers. Over gRPC the requests go to the server's own service and the
+        hits are read straight from its reply: qdrant-client's path deep-copies every request (with its
+        list of excluded ids) and builds a pydantic object per hit, which took more than half of a
+        worker's CPU on the server path (BENCHMARKS.md, "The server path")."""
+        if not self.grpc_queries:
+            answers = await self.client.query_batch_points(self.collection, requests=requests)
+            return [[_hit(sp, with_vectors) for sp in answer.points] for answer in answers]
+        batch = qgrpc.QueryBatchPoints(
+            collection_name=self.collection,
+            query_points=[RestToGrpc.convert_query_request(r, self.collection) for r in requests],
+        )
+        reply = await self.client.grpc_points.QueryBatch(batch, timeout=GRPC_QUERY_TIMEOUT_S)
+        return [[_grpc_hit(sp, with_vectors) for sp in answer.result] for answer in reply.result]
 
     async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
         """None: a server's answers arrive as one object per hit whatever we do with them."""
@@ -376,6 +406,18 @@ def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) 
     flt = qm.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
     return qm.QueryRequest(
         query=vector, limit=query.limit, filter=flt, with_payload=payload_selection(query), with_vector=with_vectors
+    )
+
+
+def _grpc_hit(sp: qgrpc.ScoredPoint, with_vectors: bool) -> Hit:
+    """``_hit`` of a hit as the gRPC reply carries it."""
+    payload = grpc_to_payload(sp.payload)
+    vector = GrpcToRest.convert_vectors_output(sp.vectors) if with_vectors and sp.HasField("vectors") else None
+    return Hit(
+        item_id=item_id_of(payload, GrpcToRest.convert_point_id(sp.id)),
+        score=float(sp.score),
+        payload=payload,
+        vector=as_vector(vector) if vector is not None else None,
     )
 
 
