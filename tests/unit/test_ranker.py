@@ -86,19 +86,24 @@ def test_only_a_first_click_on_an_item_of_the_users_latest_impression_teaches_an
     np.testing.assert_allclose(frozen.weights(), HAND_SET)
 
 
-@pytest.fixture
-async def learning_engine(tmp_path: Path) -> Recommender:
+async def engine_with_variants(tmp_path: Path, variants: str) -> Recommender:
+    """An engine over the test catalog whose learned ranker learns fast, with ``variants``."""
     settings = Settings(
         store_backend="edge",
         store_path=str(tmp_path / "store"),
         unknown_item_wait_s=5.0,
-        variants="learned=50 ranker=learned; fixed=50",
+        variants=variants,
         ranker_learning_rate=0.5,
     )
     rec = Recommender(settings, open_store(settings, dim=DIM), encoder=None, dim=DIM, clock_ms=Clock())
     await rec.start()
     await rec.handle_items(catalog())
     return rec
+
+
+@pytest.fixture
+async def learning_engine(tmp_path: Path) -> Recommender:
+    return await engine_with_variants(tmp_path, "learned=50 ranker=learned; fixed=50")
 
 
 async def test_impressions_and_their_clicks_teach_the_engines_learned_ranker(learning_engine: Recommender) -> None:
@@ -127,15 +132,9 @@ async def test_the_latest_impression_is_kept_in_the_profile_so_a_click_after_a_r
 
 
 async def test_a_learned_variant_that_is_not_the_first_learns_with_its_own_settings(tmp_path: Path) -> None:
-    settings = Settings(
-        store_backend="edge",
-        store_path=str(tmp_path / "store"),
-        variants="fixed=50; learned=50 ranker=learned language_policy=prefer ctr_weight=0.2",
-        ranker_learning_rate=0.5,
+    rec = await engine_with_variants(
+        tmp_path, "fixed=50; learned=50 ranker=learned language_policy=prefer ctr_weight=0.2"
     )
-    rec = Recommender(settings, open_store(settings, dim=DIM), encoder=None, dim=DIM, clock_ms=Clock())
-    await rec.start()
-    await rec.handle_items(catalog())
     assert rec.ranker.initial[FEATURES.index("ctr")] == pytest.approx(0.2)  # its hand-set weights, not fixed's
     profiles = dict[bytes, bytes]()
     await rec.handle_events([event("u1", "t0-en-0")], profiles)
