@@ -28,6 +28,7 @@ import httpx
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import grpc as qgrpc
 from qdrant_client import models as qm
+from qdrant_client.async_qdrant_remote import AsyncQdrantRemote
 from qdrant_client.conversions.conversion import GrpcToRest, RestToGrpc, grpc_to_payload
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -67,8 +68,6 @@ QUERY_CHUNK = 256
 QUERY_CHUNKS_AT_ONCE = 4
 #: Ids per retrieve request, for the same reason.
 FETCH_CHUNK = 1024
-#: Deadline of one search request sent over gRPC by this module (qdrant-client's own default).
-GRPC_QUERY_TIMEOUT_S = 5
 #: Pauses between tries while an outage lasts: doubling from the first to the last.
 OUTAGE_FIRST_PAUSE_S = 0.25
 OUTAGE_LAST_PAUSE_S = 5.0
@@ -251,7 +250,9 @@ class QdrantServerStore:
             collection_name=self.collection,
             query_points=[RestToGrpc.convert_query_request(r, self.collection) for r in requests],
         )
-        reply = await self.client.grpc_points.QueryBatch(batch, timeout=GRPC_QUERY_TIMEOUT_S)
+        reply = await self.client.grpc_points.QueryBatch(
+            batch, timeout=AsyncQdrantRemote.DEFAULT_GRPC_TIMEOUT
+        )  # the client's own deadline
         return [[_grpc_hit(sp, with_vectors) for sp in answer.result] for answer in reply.result]
 
     async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
@@ -411,23 +412,20 @@ def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) 
 
 
 def _grpc_hit(sp: qgrpc.ScoredPoint, with_vectors: bool) -> Hit:
-    """``_hit`` of a hit as the gRPC reply carries it."""
-    payload = grpc_to_payload(sp.payload)
+    """A hit as the gRPC reply carries it."""
     vector = GrpcToRest.convert_vectors_output(sp.vectors) if with_vectors and sp.HasField("vectors") else None
-    return Hit(
-        item_id=item_id_of(payload, GrpcToRest.convert_point_id(sp.id)),
-        score=float(sp.score),
-        payload=payload,
-        vector=as_vector(vector) if vector is not None else None,
-    )
+    return _hit_of(grpc_to_payload(sp.payload), GrpcToRest.convert_point_id(sp.id), sp.score, vector)
 
 
 def _hit(sp: qm.ScoredPoint, with_vectors: bool) -> Hit:
-    payload = dict(sp.payload or {})
-    vector = sp.vector if with_vectors else None
+    """A hit as qdrant-client's models carry it."""
+    return _hit_of(dict(sp.payload or {}), sp.id, sp.score, sp.vector if with_vectors else None)
+
+
+def _hit_of(payload: dict[str, Any], point: Any, score: float, vector: Any) -> Hit:
     return Hit(
-        item_id=item_id_of(payload, sp.id),
-        score=float(sp.score),
+        item_id=item_id_of(payload, point),
+        score=float(score),
         payload=payload,
         vector=as_vector(vector) if vector is not None else None,
     )
