@@ -20,6 +20,7 @@ from xrec.bench.pipeline.harness import Bench
 from xrec.bench.pipeline.inputs import synthetic_profiles
 from xrec.bench.pipeline.kafka_io import OutRecord
 from xrec.bench.pipeline.measures import coverage, fresh_rate_within, percentiles, summarize_collapsed
+from xrec.bench.pipeline.process import py_spy_argv, py_spy_format
 from xrec.bench.pipeline.report import format_table
 from xrec.bench.sessions import build_workload, load_amazon_sessions
 from xrec.config import Settings
@@ -314,8 +315,18 @@ def test_the_table_prints_the_fresh_rate_line() -> None:
 def test_a_phase_that_is_not_the_profiled_one_leaves_the_profile_file_alone(tmp_path: Path) -> None:
     out = tmp_path / "worker.txt"
     out.write_text("the profiled level's stacks\n")
-    args = argparse.Namespace(py_spy=out, py_spy_level=50)
+    args = argparse.Namespace(py_spy=out, py_spy_level=50, py_spy_gil=False)
     bench = Bench(args=args, settings=Settings(), tmp=tmp_path)
     with bench.py_spy(pid=os.getpid(), seconds=0):
         pass
     assert out.read_text() == "the profiled level's stacks\n" and bench.profile is None
+
+
+def test_py_spy_samples_only_the_thread_holding_the_interpreter_lock_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "worker.txt"
+    plain = py_spy_argv("py-spy", 42, 15, out)
+    held = py_spy_argv("py-spy", 42, 15, out, gil=True)
+    assert "--gil" not in plain and "--gil" in held
+    assert [a for a in held if a != "--gil"] == plain
+    assert plain[plain.index("--format") + 1] == "raw" and plain[plain.index("--pid") + 1] == "42"
+    assert py_spy_format(tmp_path / "w.json") == "speedscope" and py_spy_format(tmp_path / "w.svg") == "flamegraph"

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="record the level of the latency curve at this percentage instead of saturation",
     )
+    parser.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="sample only the thread that holds the interpreter lock (what bounds a worker stuck at ~1 core)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, stores) for inspection")
     parser.add_argument(
         "--workers",

@@ -35,7 +35,7 @@ from xrec.bench.pipeline.measures import (
     summarize_collapsed,
     unanswered,
 )
-from xrec.bench.pipeline.process import SampledProcess
+from xrec.bench.pipeline.process import SampledProcess, py_spy_argv, py_spy_format
 from xrec.bench.pipeline.report import workload_summary, write_plot
 from xrec.bench.sessions import Catalog, Workload, build_workload, stable_fraction
 from xrec.config import Settings
@@ -265,26 +265,9 @@ class Bench:
         if not Path(exe).exists():
             raise CommandError("--py-spy: py-spy is not installed (pip install -e '.[dev]')")
         out = Path(self.args.py_spy)
-        fmt = "speedscope" if out.suffix == ".json" else "raw" if out.suffix in (".txt", ".folded") else "flamegraph"
-        proc = subprocess.Popen(
-            [
-                exe,
-                "record",
-                "--pid",
-                str(pid),
-                "--duration",
-                str(int(seconds)),
-                "--rate",
-                "200",
-                "--nonblocking",
-                "--format",
-                fmt,
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        fmt = py_spy_format(out)
+        argv = py_spy_argv(exe, pid, seconds, out, gil=self.args.py_spy_gil)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             yield
         finally:

@@ -98,3 +98,17 @@ class SampledProcess(WorkerProcess):
         code = super().stop(sig, timeout_s)
         self.sampler.stop()
         return code
+
+
+def py_spy_format(out: Path) -> str:
+    """py-spy's output format from the file name: speedscope for .json, collapsed stacks for .txt/.folded
+    (which the bench summarizes), a flame graph otherwise."""
+    return "speedscope" if out.suffix == ".json" else "raw" if out.suffix in (".txt", ".folded") else "flamegraph"
+
+
+def py_spy_argv(exe: str, pid: int, seconds: float, out: Path, *, gil: bool = False) -> list[str]:
+    """The py-spy command that records ``pid`` without pausing it. ``gil``: only the thread holding the
+    interpreter lock is sampled, which is where a worker bound by that lock spends its time (a plain
+    record also counts threads waiting for the lock as busy)."""
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking"]
+    return [*argv, *(["--gil"] if gil else []), "--format", py_spy_format(out), "--output", str(out)]
