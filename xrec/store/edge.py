@@ -64,6 +64,7 @@ from xrec.store.points import (
     as_vector,
     excluded_point_ids,
     fields_selection,
+    hit_of,
     item_id_of,
     payload_selection,
     prepare_upsert,
@@ -458,10 +459,4 @@ def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) 
 
 
 def _hit(sp: qe.ScoredPoint, with_vectors: bool) -> Hit:
-    payload = dict(sp.payload or {})
-    return Hit(
-        item_id=item_id_of(payload, sp.id),
-        score=float(sp.score),
-        payload=payload,
-        vector=as_vector(sp.vector) if with_vectors and sp.vector is not None else None,
-    )
+    return hit_of(dict(sp.payload or {}), sp.id, sp.score, sp.vector if with_vectors else None)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xrec.store.base import ItemFilter, ItemPoint, StoreError, VectorQuery, point_id
+from xrec.store.base import Hit, ItemFilter, ItemPoint, StoreError, VectorQuery, point_id
 
 #: Payload key that carries the catalog's own id (point ids are UUIDv5 of it).
 ITEM_ID_KEY = "item_id"
@@ -89,3 +89,14 @@ def item_id_of(payload: dict[str, Any] | None, fallback: object) -> str:
 
 def as_vector(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
+
+
+def hit_of(payload: dict[str, Any], point: object, score: float, vector: Any) -> Hit:
+    """A store's answer as a ``Hit``, whichever engine or wire carried it: its id from the payload (else the
+    point id), its vector (if asked for) as float32."""
+    return Hit(
+        item_id=item_id_of(payload, point),
+        score=float(score),
+        payload=payload,
+        vector=as_vector(vector) if vector is not None else None,
+    )

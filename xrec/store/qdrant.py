@@ -48,6 +48,7 @@ from xrec.store.points import (
     as_vector,
     excluded_point_ids,
     fields_selection,
+    hit_of,
     item_id_of,
     payload_selection,
     prepare_upsert,
@@ -250,9 +251,8 @@ class QdrantServerStore:
             collection_name=self.collection,
             query_points=[RestToGrpc.convert_query_request(r, self.collection) for r in requests],
         )
-        reply = await self.client.grpc_points.QueryBatch(
-            batch, timeout=AsyncQdrantRemote.DEFAULT_GRPC_TIMEOUT
-        )  # the client's own deadline
+        deadline = AsyncQdrantRemote.DEFAULT_GRPC_TIMEOUT  # the client's own, as on its path
+        reply = await self.client.grpc_points.QueryBatch(batch, timeout=deadline)
         return [[_grpc_hit(sp, with_vectors) for sp in answer.result] for answer in reply.result]
 
     async def query_columns(self, queries: Sequence[VectorQuery]) -> HitColumns | None:
@@ -414,18 +414,9 @@ def _query_request(query: VectorQuery, vector: list[float], with_vectors: bool) 
 def _grpc_hit(sp: qgrpc.ScoredPoint, with_vectors: bool) -> Hit:
     """A hit as the gRPC reply carries it."""
     vector = GrpcToRest.convert_vectors_output(sp.vectors) if with_vectors and sp.HasField("vectors") else None
-    return _hit_of(grpc_to_payload(sp.payload), GrpcToRest.convert_point_id(sp.id), sp.score, vector)
+    return hit_of(grpc_to_payload(sp.payload), GrpcToRest.convert_point_id(sp.id), sp.score, vector)
 
 
 def _hit(sp: qm.ScoredPoint, with_vectors: bool) -> Hit:
     """A hit as qdrant-client's models carry it."""
-    return _hit_of(dict(sp.payload or {}), sp.id, sp.score, sp.vector if with_vectors else None)
-
-
-def _hit_of(payload: dict[str, Any], point: Any, score: float, vector: Any) -> Hit:
-    return Hit(
-        item_id=item_id_of(payload, point),
-        score=float(score),
-        payload=payload,
-        vector=as_vector(vector) if vector is not None else None,
-    )
+    return hit_of(dict(sp.payload or {}), sp.id, sp.score, sp.vector if with_vectors else None)
