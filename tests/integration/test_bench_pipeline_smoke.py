@@ -61,6 +61,7 @@ def test_the_pipeline_bench_reports_throughput_a_latency_curve_cost_and_the_naiv
     assert [level["percent_of_saturation"] for level in curve] == [30, 60]
     for level in curve:
         assert level["answered"] == level["events"] > 0
+        assert level["list_timestamps"] == "broker append"  # a latency ends when a subscriber could read the list
         p = level["latency_ms"]
         assert 0 <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
         assert level["batches"]["batches"] > 0 and level["batches"]["apply_ms"] >= 0
@@ -108,6 +109,7 @@ def test_the_pipeline_bench_measures_one_and_two_workers_on_a_qdrant_server_and_
         assert sat["qdrant_cpu_util"] > 0
         [level] = run["load_curve"]
         assert level["answered"] == level["events"] > 0
+        assert level["list_timestamps"] == "broker append"  # a latency ends when a subscriber could read the list
         assert 0 <= level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
     assert len(two["saturation"]["per_worker"]) == 2
     assert math.isfinite(two["lists_per_s_ratio_to_first"])

@@ -18,7 +18,7 @@ from xrec.bench.naive import NaiveEngine, profile_from_json, profile_to_json
 from xrec.bench.pipeline.cli import parse_levels, worker_counts
 from xrec.bench.pipeline.harness import Bench
 from xrec.bench.pipeline.inputs import synthetic_profiles
-from xrec.bench.pipeline.kafka_io import OutRecord
+from xrec.bench.pipeline.kafka_io import OutRecord, stamped_by
 from xrec.bench.pipeline.measures import coverage, fresh_rate_within, percentiles, summarize_collapsed
 from xrec.bench.pipeline.process import py_spy_argv, py_spy_format
 from xrec.bench.pipeline.report import format_table
@@ -330,3 +330,11 @@ def test_py_spy_samples_only_the_thread_holding_the_interpreter_lock_when_asked(
     assert [a for a in held if a != "--gil"] == plain
     assert plain[plain.index("--format") + 1] == "raw" and plain[plain.index("--pid") + 1] == "42"
     assert py_spy_format(tmp_path / "w.json") == "speedscope" and py_spy_format(tmp_path / "w.svg") == "flamegraph"
+
+
+def test_latencies_end_at_the_brokers_append_only_when_every_list_was_stamped_by_it() -> None:
+    broker = OutRecord(b"u", b"{}", 1_000, broker_stamped=True)
+    producer = OutRecord(b"u", b"{}", 1_000)
+    assert stamped_by([broker, broker]) == "broker append"
+    assert stamped_by([broker, producer]) == "producer"  # one list stamped by its producer: no claim for the rest
+    assert stamped_by([]) == "producer"

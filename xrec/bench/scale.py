@@ -28,7 +28,7 @@ import orjson
 from xrec.bench.pipeline.cli import parse_levels, worker_counts
 from xrec.bench.pipeline.harness import METRICS_POLL_S, SETTLE_TIMEOUT_S, STALL_TIMEOUT_S, WORKER_START_TIMEOUT_S, Bench
 from xrec.bench.pipeline.inputs import catalog_points
-from xrec.bench.pipeline.kafka_io import encoded_events, produce, produce_paced, read_topic, run_async
+from xrec.bench.pipeline.kafka_io import encoded_events, produce, produce_paced, read_topic, run_async, stamped_by
 from xrec.bench.pipeline.measures import Coverage, coverage, percentiles, unanswered
 from xrec.bench.pipeline.process import ProcSampler, SampledProcess
 from xrec.bench.sessions import Catalog, Workload
@@ -274,6 +274,7 @@ class ScaleRun:
             "events": n,
             "answered": len(delays),
             "latency_ms": percentiles(delays),
+            "list_timestamps": stamped_by(out),
             "cpu_util": [sampled_rate(w.sampler, cov) for w in group.workers],
             "qdrant_cpu_util": sampled_rate(server_cpu, cov) if server_cpu is not None else None,
         }

@@ -14,7 +14,9 @@ One run, one broker, one machine:
    ``/proc/<pid>/stat`` between those two moments, memory from its RSS.
 3. **Freshness.** Fresh events are offered at ``--rate`` (default: half the lists/s at saturation), each
    stamped with the wall clock as it is sent; latency = timestamp of the first list that covers the
-   event (the worker's producer stamps it as it publishes) − the event's ``ts``.
+   event − the event's ``ts``. The bench's lists topic is stamped by the broker as it appends a record
+   (``LogAppendTime``), so a latency ends when a subscriber could read the list: the worker's producer
+   linger and its produce request are inside it.
 4. **Memory.** The profile changelog topic is read back: mean serialized profile size × 100k, next to
    the worker's RSS growth while it built those profiles.
 5. **Naive baseline.** ``python -m xrec.bench.naive`` processes the first ``--naive-events`` events of

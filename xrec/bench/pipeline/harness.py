@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import orjson
 
 from xrec.bench.pipeline.cli import parse_levels, worker_counts
 from xrec.bench.pipeline.inputs import catalog_points, hash_index, review_texts, synthetic_profiles
-from xrec.bench.pipeline.kafka_io import encoded_events, produce, produce_paced, read_topic, run_async
+from xrec.bench.pipeline.kafka_io import encoded_events, produce, produce_paced, read_topic, run_async, stamped_by
 from xrec.bench.pipeline.measures import (
     Coverage,
     batch_phases,
@@ -55,6 +55,10 @@ METRICS_POLL_S = 2.0
 #: How long a drained worker may take to commit its last events (Faust commits every 2.8 s).
 SETTLE_TIMEOUT_S = 60.0
 REVIEW_SHARE = 0.5
+#: The bench's lists topic keeps the broker's append time as each record's timestamp: a list's latency ends
+#: when a subscriber could read it, after the worker's producer has lingered and sent it (with the default
+#: create time it ended when the worker handed the list to its producer, a few milliseconds sooner).
+LIST_TOPIC_CONFIG = {"message.timestamp.type": "LogAppendTime"}
 
 
 @dataclass
@@ -184,9 +188,17 @@ class Bench:
         )
 
     def topics_for(self, settings: Settings) -> None:
-        from xrec.topics import prepare_topics
+        """xrec's topics for this run, its lists topic stamped by the broker (``LIST_TOPIC_CONFIG``)."""
+        from xrec.kafka import KafkaConnection, create_topics
+        from xrec.topics import topic_specs
 
-        run_async(prepare_topics(settings, self.bootstrap))
+        specs = [
+            replace(spec, config={**spec.config, **LIST_TOPIC_CONFIG})
+            if spec.name == settings.topic_recommendations
+            else spec
+            for spec in topic_specs(settings)
+        ]
+        run_async(create_topics(KafkaConnection.from_settings(settings, self.bootstrap), specs))
 
     # workers ---------------------------------------------------------------------------------------
     def start_worker(self, name: str, env: dict[str, str], *, with_encoder: bool) -> SampledProcess:
@@ -414,6 +426,7 @@ class Bench:
             "answered": len(delays),
             "lists": cov.lists,
             "latency_ms": percentiles(delays),
+            "list_timestamps": stamped_by(out),
             # the two parts of it: the bench's producer until the broker acknowledged, then the worker
             "producer_ms": percentiles([1000.0 * (paced.acked_at[e["event_id"]] - e["ts"] / 1000.0) for e in in_kafka]),
             "worker_ms": percentiles(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +13,22 @@ import orjson
 
 from xrec.kafka import read_to_end
 
+#: aiokafka's ``timestamp_type`` of a record stamped by the broker as it appended it (0: by its producer).
+LOG_APPEND_TIME = 1
+
 
 @dataclass(frozen=True)
 class OutRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    broker_stamped: bool = False  # the timestamp is the broker's append time, not the producer's
+
+
+def stamped_by(records: Sequence[OutRecord]) -> str:
+    """Whose clock the records' timestamps read: "broker append" (when a subscriber could read them) or "producer"
+    (when the writer handed them to its client)."""
+    return "broker append" if records and all(r.broker_stamped for r in records) else "producer"
 
 
 async def produce(kwargs: dict[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
@@ -89,7 +99,11 @@ async def produce_paced(kwargs: dict[str, Any], topic: str, events: list[dict[st
 async def read_topic(kwargs: dict[str, Any], topic: str, timeout_s: float = 120.0) -> list[OutRecord]:
     """Every record of ``topic`` up to its end as of when the read starts."""
     out: list[OutRecord] = []
-    await read_to_end(kwargs, topic, lambda m: out.append(OutRecord(m.key, m.value, m.timestamp)), timeout_s=timeout_s)
+
+    def keep(m: Any) -> None:
+        out.append(OutRecord(m.key, m.value, m.timestamp, m.timestamp_type == LOG_APPEND_TIME))
+
+    await read_to_end(kwargs, topic, keep, timeout_s=timeout_s)
     return out
 
 

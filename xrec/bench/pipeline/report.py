@@ -51,6 +51,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
             f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}"
         )
+    if curve:
+        end = "appended in Kafka" if curve[0].get("list_timestamps") == "broker append" else "handed to the producer"
+        lines.append(f"           (latency: event sent → its list {end}; to Kafka: the event's own write)")
     fresh = x.get("fresh")
     if fresh and fresh["events_per_s"] is not None:
         rate, limit = fresh["events_per_s"], fresh["p99_ms"]
