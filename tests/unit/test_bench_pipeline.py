@@ -22,6 +22,7 @@ from xrec.bench.pipeline.kafka_io import OutRecord, stamped_by
 from xrec.bench.pipeline.measures import coverage, fresh_rate_within, percentiles, summarize_collapsed
 from xrec.bench.pipeline.process import py_spy_argv, py_spy_format
 from xrec.bench.pipeline.report import format_table
+from xrec.bench.scale import format_scale
 from xrec.bench.sessions import build_workload, load_amazon_sessions
 from xrec.config import Settings
 from xrec.errors import CommandError
@@ -310,6 +311,33 @@ def test_the_table_prints_the_fresh_rate_line() -> None:
         }
     )
     assert "fresh      p99 within 100 ms up to about 251 fresh events/s" in table
+
+
+def scale_run(stamps: list[str]) -> dict[str, object]:
+    """One --workers run as ``format_scale`` reads it, with a load level per timestamp kind."""
+    levels = [
+        {
+            "percent_of_saturation": 50,
+            "offered_rate": 10.0,
+            "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0},
+            "answered": 1,
+            "events": 1,
+            "list_timestamps": stamp,
+        }
+        for stamp in stamps
+    ]
+    saturation = {"lists_per_s": 1.0, "covered": 1, "events": 1, "lists": 1, "per_worker": [{"cpu_util": 1.0}]}
+    return {"workers": 1, "saturation": saturation, "lists_per_s_ratio_to_first": 1.0, "load_curve": levels}
+
+
+def test_the_several_workers_table_says_what_its_latencies_span() -> None:
+    def table(*runs: dict[str, object]) -> str:
+        return "\n".join(format_scale({"store": "edge", "catalog": {"load_s": 0.0}, "runs": list(runs)}))
+
+    assert "(latency: event sent → its list appended in Kafka)" in table(scale_run(["broker append"] * 2))
+    mixed = table(scale_run(["broker append", "producer"]))
+    assert "handed to the worker's producer" in mixed and "appended in Kafka" not in mixed
+    assert "latency:" not in table(scale_run([]))
 
 
 def test_a_phase_that_is_not_the_profiled_one_leaves_the_profile_file_alone(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from xrec.bench.pipeline.inputs import catalog_points
 from xrec.bench.pipeline.kafka_io import encoded_events, produce, produce_paced, read_topic, run_async, stamped_by
 from xrec.bench.pipeline.measures import Coverage, coverage, percentiles, unanswered
 from xrec.bench.pipeline.process import ProcSampler, SampledProcess
+from xrec.bench.pipeline.report import latency_span
 from xrec.bench.sessions import Catalog, Workload
 from xrec.errors import CommandError
 from xrec.metrics import CONSUMER_LAG_INTERVAL_S
@@ -389,6 +390,8 @@ def format_scale(scale: dict[str, Any]) -> list[str]:
             f"events answered, {sat['lists']} lists, x{r['lists_per_s_ratio_to_first']:.2f} the first count); "
             f"cores per worker {cores}" + (f", Qdrant server {qcpu:.2f} cores" if qcpu is not None else "")
         )
+        if r["load_curve"]:
+            lines.append(f"  (latency: {latency_span(r['load_curve'])})")
         for level in r["load_curve"]:
             p = level["latency_ms"]
             lines.append(

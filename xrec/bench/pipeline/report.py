@@ -20,6 +20,15 @@ def workload_summary(work: Workload) -> dict[str, Any]:
     }
 
 
+def latency_span(levels: list[dict[str, Any]]) -> str:
+    """What a printed latency spans: from the event's send to its list in Kafka, when the broker stamped every
+    level's lists as it appended them, else only to the worker's hand-over to its producer (a lists topic that keeps
+    the producer's timestamps)."""
+    if levels and all(level.get("list_timestamps") == "broker append" for level in levels):
+        return "event sent → its list appended in Kafka"
+    return "event sent → its list handed to the worker's producer"
+
+
 def format_table(result: dict[str, Any]) -> str:
     if "scale" in result:
         from xrec.bench.scale import format_scale
@@ -52,8 +61,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}"
         )
     if curve:
-        end = "appended in Kafka" if curve[0].get("list_timestamps") == "broker append" else "handed to the producer"
-        lines.append(f"           (latency: event sent → its list {end}; to Kafka: the event's own write)")
+        lines.append(f"           (latency: {latency_span(curve)}; to Kafka: the event's own write)")
     fresh = x.get("fresh")
     if fresh and fresh["events_per_s"] is not None:
         rate, limit = fresh["events_per_s"], fresh["p99_ms"]
