@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import qdrant_binary_or_skip
+from xrec.bench.pipeline.report import format_table
 from xrec.config import Settings
 from xrec.modelhub import default_model_dir, is_complete
 
@@ -66,6 +67,7 @@ def test_the_pipeline_bench_reports_throughput_a_latency_curve_cost_and_the_naiv
         assert 0 <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
         assert level["batches"]["batches"] > 0 and level["batches"]["apply_ms"] >= 0
     assert curve[1]["offered_rate"] > curve[0]["offered_rate"]
+    assert "(latency: event sent → its list appended in Kafka" in format_table(result)  # the printed table says so too
     assert (tmp_path / "curve.png").stat().st_size > 0
 
     mem = result["xrec"]["memory"]
@@ -112,6 +114,7 @@ def test_the_pipeline_bench_measures_one_and_two_workers_on_a_qdrant_server_and_
         assert level["list_timestamps"] == "broker append"  # a latency ends when a subscriber could read the list
         assert 0 <= level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
     assert len(two["saturation"]["per_worker"]) == 2
+    assert format_table(result).count("(latency: event sent → its list appended in Kafka)") == 2  # one per count
     assert math.isfinite(two["lists_per_s_ratio_to_first"])
     assert "kill_one" not in one
     kill = two["kill_one"]
