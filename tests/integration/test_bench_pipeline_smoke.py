@@ -122,3 +122,45 @@ def test_the_pipeline_bench_measures_one_and_two_workers_on_a_qdrant_server_and_
     # Every event offered during the kill was answered by a list, from the survivor if need be (a
     # redelivered event the killed worker had applied is answered again).
     assert kill["answered"] == kill["events"] > 0, kill
+
+
+# Loaded by the worker (PYTHONPATH) in the test below: Faust's seek of the stream partitions at the end of
+# recovery takes two seconds longer, as on a slow broker, so records keep arriving before Faust resumes its
+# flow control and empties the stream buffers.
+SLOW_SEEK_SITECUSTOMIZE = """
+import os
+import sys
+if "worker" in sys.argv:
+    import asyncio
+    import faust.transport.consumer
+
+    _perform_seek = faust.transport.consumer.Consumer.perform_seek
+
+    async def perform_seek_slowly(self):
+        await _perform_seek(self)
+        with open(os.path.join(os.path.dirname(__file__), "seeks"), "a") as seeks:
+            seeks.write("slowed\\n")
+        await asyncio.sleep(2.0)
+
+    faust.transport.consumer.Consumer.perform_seek = perform_seek_slowly
+"""
+
+
+def test_a_worker_starting_on_waiting_events_answers_each_even_when_faust_resumes_its_flow_late(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The bench preloads its events before the worker starts. Records fetched between Faust's seek and
+    the resume of its flow control were dropped when that resume emptied the stream buffers, and their
+    offsets committed unread (faust-streaming #596). Here the window is two seconds and one event per
+    batch keeps the worker from taking the records out of those buffers in time, as a slow worker would."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_SEEK_SITECUSTOMIZE)
+    args = ["--items", "400", "--users", "40", "--events", "1500", "--naive-events", "0", "--generated"]
+    args += ["--load-levels", "30", "--latency-seconds", "2"]
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    result = run_bench(kafka_bootstrap, *args, PYTHONPATH=pythonpath, XREC_EVENT_BATCH_SIZE="1")
+
+    assert (tmp_path / "seeks").read_text().count("slowed") >= 1  # the worker did run the slow seek
+    sat = result["xrec"]["saturation"]
+    assert sat["unanswered"] == []
+    assert sat["covered"] == sat["events"] == 1500, sat["handled"]
+    assert sat["dlq"] == 0
