@@ -127,17 +127,20 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
                 await asyncio.gather(task, return_exceptions=True)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def _hold_records_until_faust_resumes_its_flow(sender: Any, **kwargs: Any) -> None:
+        """After this signal Faust resumes the stream partitions, seeks them, and only then resumes its
+        flow control, which empties every stream buffer; records fetched in between were dropped with
+        nothing reading them again, and its commit passed over the hole (faust-streaming #596, #606; at
+        a start with events already waiting, 1 run in 6 lost one: RELIABILITY.md). Suspended here, the
+        flow holds each fetched record before it enters a buffer until that resume, so the emptying
+        finds none."""
+        app.flow_control.suspend()
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def _rewind_uncommitted_partitions(sender: Any, **kwargs: Any) -> None:
         """After recovery Faust seeks each stream partition to its committed offset, but leaves one with
         none (or 0) where reading the changelogs moved it, and the records fetched meanwhile were
-        dropped: such a partition starts again at its earliest offset, as auto_offset_reset says.
-
-        Faust then resumes the stream partitions, seeks them, and only after that resumes its flow
-        control, which empties every stream buffer; records fetched in between were dropped with nothing
-        reading them again, and its commit passed over the hole (faust-streaming #596, #606; at a start
-        with events already waiting, 1 run in 6 lost one: RELIABILITY.md). Suspended here, the flow holds
-        each fetched record before it enters a buffer until that resume, so the emptying finds none."""
-        app.flow_control.suspend()
+        dropped: such a partition starts again at its earliest offset, as auto_offset_reset says."""
         consumer = app.consumer
         owned = [
             tp for tp in consumer.assignment() if tp.topic in (topics.events, topics.events_by_user, topics.control)
