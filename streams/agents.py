@@ -131,6 +131,7 @@ class EventPipeline:
         self._in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
         self._last_publish: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         self._last_publish.set_result(None)
+        self._taken: Sequence[faust.EventT] = ()  # the batch the loop runs now, taken from the feed
 
     @property
     def holds_messages(self) -> bool:
@@ -145,11 +146,14 @@ class EventPipeline:
                 self.runtime.loops.went_round("events")
             taken = await self.feed.take()
             started = time.perf_counter()
+            self._taken = taken.events
             try:
                 await self.process(taken.events)
             except Exception as exc:  # a failing batch is dead-lettered inside; this is the loop itself
                 parts = sorted({(e.message.topic, e.message.partition) for e in taken.events})
                 raise ConsumerLoopError(f"event batch loop on {parts}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                self._taken = ()
             self.metrics.batch(
                 len(taken.events),
                 fetch=taken.fetch_s,
@@ -187,7 +191,8 @@ class EventPipeline:
             self.ledger.release()  # what is settled already is acked, not given up
             queued = self.feed.drain()
             held = len(self.ledger)
-            self.ledger.give_up(self.app.consumer_generation_id, [e.message for e in queued])
+            # The running batch's messages too: those it has not held yet are then not applied either.
+            self.ledger.give_up(self.app.consumer_generation_id, [e.message for e in [*queued, *self._taken]])
             events = rt.recommender.waiting.drop_all()
         log.info(
             "gave up %d events waiting for their item (%d messages held, %d read and not processed): partitions "
@@ -225,6 +230,10 @@ class EventPipeline:
         self.ledger.hold(unit.id, unit.messages)
         engine = rt.recommender
         async with rt.engine_lock:
+            # Partitions given up (``give_up``, under this lock) since the batch was read: their next owner
+            # reads these messages again and applies their events, so this worker must not.
+            kept = [(s, i) for s, i in zip(sources, interactions, strict=True) if not self.ledger.was_given_up(s)]
+            sources, interactions = [s for s, _ in kept], [i for _, i in kept]
             carried = engine.waiting.events()  # waiting events of earlier batches, tried again now
             # Whatever becomes of them, their messages now wait for this unit's writes: an event applied
             # here must not be acked before its profile change is in Kafka.
@@ -314,6 +323,8 @@ class EventPipeline:
         if isinstance(command, ForgetUser):
             await self._last_publish  # lists of earlier batches first: none may follow the tombstone
             async with rt.engine_lock:
+                if self.ledger.was_given_up(message):
+                    return  # its partition was given up meanwhile: the next owner runs it
                 dropped = rt.recommender.waiting.drop_user(command.user_id)
                 self.ledger.move(dropped, unit.id)
                 existed = rt.recommender.forget(command.user_id, self.profiles)

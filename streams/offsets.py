@@ -53,13 +53,18 @@ class OffsetLedger:
         (read after a given-up one of the same partition and generation)."""
         given_up = 0
         for message, event in messages:
-            if self._given_up.get(message.tp) == message.generation_id:
+            if self.was_given_up(message):
                 message.acked = True  # done here; committing it would skip the given-up ones
                 given_up += 1
                 continue
             self._held.setdefault(message.tp, deque()).append(_Held(message, batch, event))
             self._unacked[batch] = self._unacked.get(batch, 0) + 1
         return given_up
+
+    def was_given_up(self, message: Any) -> bool:
+        """Whether ``message``'s partition was given up in the consumer generation that read it: its
+        next owner reads it again, so nothing here may apply it."""
+        return self._given_up.get(message.tp) == message.generation_id
 
     def delivered(self, batch: int) -> None:
         """Everything ``batch`` wrote is in Kafka."""
