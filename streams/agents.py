@@ -94,10 +94,18 @@ def register_agents(app: faust.App, runtime: Runtime, profiles: TableT) -> Event
         acked, so the held ones are given up (read again from the committed offset by their next owner)."""
         while True:
             await asyncio.sleep(0.2)
-            if (app.rebalancing or app.should_stop) and pipeline.holds_messages:
+            if waits_for_every_read_message(app) and pipeline.holds_messages:
                 await pipeline.give_up()
 
     return pipeline
+
+
+def waits_for_every_read_message(app: Any) -> bool:
+    """Whether Faust is letting go of this generation's partitions and waits for every message read to be
+    acked: it stops the consumer's flow first, when partitions are revoked and when the worker stops.
+    ``app.rebalancing`` alone is not enough: it stays set through a new assignment's recovery, whose
+    records belong to the partitions' next run and must not be given up."""
+    return bool(app.should_stop or (app.rebalancing and not app.consumer.flow_active))
 
 
 @dataclass

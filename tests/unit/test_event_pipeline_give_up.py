@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.agents import EventPipeline
+from streams.agents import EventPipeline, waits_for_every_read_message
 from streams.runtime import Runtime
 from xrec.config import Settings
 from xrec.events import ItemUpsert
@@ -140,3 +140,22 @@ async def test_events_whose_partition_is_given_up_while_their_batch_is_read_are_
     await run_batch(pipeline, [again])
     assert b"u1" in pipeline.profiles and [key for key, _ in pipeline.recommendations.sent] == [b"u1"]
     assert processed(pipeline) == 1 and again.committed == [1]
+
+
+@pytest.mark.parametrize(
+    ("should_stop", "rebalancing", "flow_active", "gives_up"),
+    [
+        (False, False, True, False),  # running
+        (False, True, False, True),  # partitions revoked: Faust stopped the flow and waits for every ack
+        (False, True, True, False),  # a new assignment recovering: its records are the next run's
+        (True, False, True, True),  # the worker stops
+    ],
+    ids=["running", "revoked", "recovering", "stopping"],
+)
+def test_held_messages_are_given_up_only_while_faust_waits_for_every_read_message(
+    should_stop: bool, rebalancing: bool, flow_active: bool, gives_up: bool
+) -> None:
+    app = SimpleNamespace(
+        should_stop=should_stop, rebalancing=rebalancing, consumer=SimpleNamespace(flow_active=flow_active)
+    )
+    assert waits_for_every_read_message(app) is gives_up
