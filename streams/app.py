@@ -18,6 +18,7 @@ import faust
 
 from streams.agents import register_agents
 from streams.click_through import start_click_through_sync
+from streams.commits import CommitTimer
 from streams.encoding import start_encoder
 from streams.faust_tuning import RECOVERY_CHECK_EVERY_S, read_committed_only, restart_stalled_recovery
 from streams.items import start_indexer
@@ -89,6 +90,7 @@ def create_app(runtime: Runtime, bootstrap: str) -> faust.App:
         log.info("profile table: %s", runtime.local_tables.open())
     register_agents(app, runtime, profiles)
     register_views(app, runtime, profiles)
+    app.sensors.add(CommitTimer(runtime.metrics))  # xrec_commit_seconds
     read_committed_only(app)
 
     @app.task

@@ -142,6 +142,13 @@ class XrecMetrics:
         self.batch_events = self._histogram(
             "xrec_batch_events", "Events in each batch the event loop takes (what had arrived).", (), BATCH_SIZE_BUCKETS
         )
+        self.commit_seconds = self._histogram(
+            "xrec_commit_seconds",
+            "Each offset commit of the worker's consumer, from its start (Faust first flushes the producer) to the "
+            "broker's answer. Lists never wait for it; after a crash, events are read again from the last one.",
+            (),
+            STAGE_BUCKETS,
+        )
         self.encoder_batch_size = self._histogram(
             "xrec_encoder_batch_size", "Texts per encoder forward pass.", (), ENCODER_BATCH_BUCKETS
         )
@@ -378,6 +385,10 @@ class XrecMetrics:
         self.batch_events.observe(events)
         for phase, seconds in phases.items():
             self.batch_phase_seconds(phase, seconds)
+
+    def commit(self, seconds: float) -> None:
+        """One offset commit took ``seconds``."""
+        self.commit_seconds.observe(max(0.0, seconds))
 
     def batch_phase_seconds(self, phase: str, seconds: float) -> None:
         if phase not in BATCH_PHASES:

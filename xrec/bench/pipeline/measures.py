@@ -92,7 +92,8 @@ def unanswered(
 
 def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
     """Where the worker's batches spent their time between two readings of its metrics: batches, mean
-    events per batch, and the mean seconds of each phase (``xrec_batch_seconds``) per batch."""
+    events per batch, the mean seconds of each phase (``xrec_batch_seconds``) per batch, and the offset
+    commits made meanwhile with their mean duration (``xrec_commit_seconds``)."""
     from xrec.metrics import BATCH_PHASES
 
     def delta(name: str, **labels: str) -> float:
@@ -106,6 +107,9 @@ def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
     for phase in BATCH_PHASES:
         count = delta("xrec_batch_seconds_count", phase=phase)
         out[f"{phase}_ms"] = 1000.0 * delta("xrec_batch_seconds_sum", phase=phase) / count if count else math.nan
+    commits = delta("xrec_commit_seconds_count")  # Faust's, on its own timer: per commit, not per batch
+    out["commits"] = commits
+    out["commit_ms"] = 1000.0 * delta("xrec_commit_seconds_sum") / commits if commits else math.nan
     return out
 
 
