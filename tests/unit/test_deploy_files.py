@@ -167,7 +167,7 @@ def test_every_metric_the_dashboard_uses_is_one_the_worker_exposes():
         assert label_names(expr) <= KNOWN_LABELS, expr
 
 
-def test_the_dashboard_covers_throughput_latency_lag_dlq_encoder_store_and_lists():
+def test_the_dashboard_covers_throughput_latency_lag_dlq_encoder_store_lists_batches_and_commits():
     used = {name for expr in dashboard_exprs() for name in metric_names(expr)}
     for name in (
         "xrec_events_total",
@@ -188,6 +188,8 @@ def test_the_dashboard_covers_throughput_latency_lag_dlq_encoder_store_and_lists
         "xrec_items_indexed",
         "xrec_build_info",
         "xrec_worker_ready",
+        "xrec_batch_seconds_sum",
+        "xrec_commit_seconds_bucket",
     ):
         assert name in used, name
 
