@@ -103,6 +103,17 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[EventPipeline]:
         await store.close()
 
 
+def dead_lettered(pipeline: EventPipeline) -> float:
+    registry = pipeline.metrics.registry
+    return sum(
+        s.value
+        for m in registry.collect()
+        if m.name == "xrec_dlq_records"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+
+
 def processed(pipeline: EventPipeline) -> float:
     value = pipeline.metrics.registry.get_sample_value("xrec_events_total", {"type": "click", "outcome": "processed"})
     return float(value or 0.0)
@@ -126,20 +137,23 @@ async def run_batch(pipeline: EventPipeline, messages: list[Message]) -> None:
 async def test_events_whose_partition_is_given_up_while_their_batch_is_read_are_left_to_the_next_owner(
     pipeline: EventPipeline,
 ) -> None:
-    # The first record is keyed by someone else, so the batch re-keys it; the partitions move during that send.
+    # The second record is keyed by someone else, so the batch re-keys it; the partitions move during that send,
+    # after the first was decoded and before the third was.
     pipeline.by_user.before_send = pipeline.give_up
-    rekeyed, applied_elsewhere = click(0, generation=1, key="not-u1"), click(1, generation=1)
-    await run_batch(pipeline, [rekeyed, applied_elsewhere])
+    applied_elsewhere, rekeyed = click(0, generation=1), click(1, generation=1, key="not-u1")
+    malformed = Message(key=b"u1", value=b"{not json", offset=2, generation_id=1)
+    await run_batch(pipeline, [applied_elsewhere, rekeyed, malformed])
     assert b"u1" not in pipeline.profiles and pipeline.recommendations.sent == []
     assert processed(pipeline) == 0
-    assert applied_elsewhere.acked and applied_elsewhere.committed == []  # done here, never committed
+    assert dead_lettered(pipeline) == 0  # nor dead-lettered here: its next owner does that, once
+    assert all(m.acked and m.committed == [] for m in (applied_elsewhere, malformed))  # done here, never committed
 
     # The same event read again in the next generation (by this worker or another) is applied, once.
     pipeline.app.consumer_generation_id = 2
-    again = click(1, generation=2)
+    again = click(0, generation=2)
     await run_batch(pipeline, [again])
     assert b"u1" in pipeline.profiles and [key for key, _ in pipeline.recommendations.sent] == [b"u1"]
-    assert processed(pipeline) == 1 and again.committed == [1]
+    assert processed(pipeline) == 1 and again.committed == [0]
 
 
 @pytest.mark.parametrize(
