@@ -25,6 +25,7 @@ from xrec.events import ItemUpsert
 from xrec.metrics import XrecMetrics
 from xrec.store import open_store
 from xrec.vectors import VectorSpace
+from xrec.worker_process import MetricSamples
 
 pytestmark = pytest.mark.unit
 
@@ -103,20 +104,9 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[EventPipeline]:
         await store.close()
 
 
-def dead_lettered(pipeline: EventPipeline) -> float:
-    registry = pipeline.metrics.registry
-    return sum(
-        s.value
-        for m in registry.collect()
-        if m.name == "xrec_dlq_records"
-        for s in m.samples
-        if s.name.endswith("_total")
-    )
-
-
-def processed(pipeline: EventPipeline) -> float:
-    value = pipeline.metrics.registry.get_sample_value("xrec_events_total", {"type": "click", "outcome": "processed"})
-    return float(value or 0.0)
+def counted(pipeline: EventPipeline, name: str, **labels: str) -> float:
+    """A metric of the pipeline as a scrape of ``/metrics`` reads it, summed over the other labels."""
+    return MetricSamples.parse(pipeline.metrics.render()[0].decode()).sum(name, **labels)
 
 
 async def run_batch(pipeline: EventPipeline, messages: list[Message]) -> None:
@@ -144,8 +134,8 @@ async def test_events_whose_partition_is_given_up_while_their_batch_is_read_are_
     malformed = Message(key=b"u1", value=b"{not json", offset=2, generation_id=1)
     await run_batch(pipeline, [applied_elsewhere, rekeyed, malformed])
     assert b"u1" not in pipeline.profiles and pipeline.recommendations.sent == []
-    assert processed(pipeline) == 0
-    assert dead_lettered(pipeline) == 0  # nor dead-lettered here: its next owner does that, once
+    assert counted(pipeline, "xrec_events_total", outcome="processed") == 0
+    assert counted(pipeline, "xrec_dlq_records_total") == 0  # nor dead-lettered here: its next owner does that, once
     assert all(m.acked and m.committed == [] for m in (applied_elsewhere, malformed))  # done here, never committed
 
     # The same event read again in the next generation (by this worker or another) is applied, once.
@@ -153,7 +143,7 @@ async def test_events_whose_partition_is_given_up_while_their_batch_is_read_are_
     again = click(0, generation=2)
     await run_batch(pipeline, [again])
     assert b"u1" in pipeline.profiles and [key for key, _ in pipeline.recommendations.sent] == [b"u1"]
-    assert processed(pipeline) == 1 and again.committed == [0]
+    assert counted(pipeline, "xrec_events_total", outcome="processed") == 1 and again.committed == [0]
 
 
 @pytest.mark.parametrize(
