@@ -58,7 +58,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{ms['max']:>6.0f}ms  {to_kafka['p50']:>6.0f}/{to_kafka['p99']:<6.0f}ms  "
             f"{level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
             f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
-            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}; {b.get('commits', math.nan):.0f} × {b.get('commit_ms', math.nan):.1f}"
+            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}; {b['commits']:.0f} × {b['commit_ms']:.1f}"
         )
     if curve:
         lines.append(f"           (latency: {latency_span(curve)}; to Kafka: the event's own write)")
