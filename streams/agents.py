@@ -314,8 +314,9 @@ class EventPipeline:
         trigger_ts = {e.event_id: e.ts for e in result.processed}
         with m.time_stage("publish"):
             for lst in result.lists:
-                unit.writes.append(await self.recommendations.send(key=lst.user_id.encode(), value=lst.to_json()))
-                self.runtime.latest.put(lst.user_id, lst)
+                published = lst.to_json()
+                unit.writes.append(await self.recommendations.send(key=lst.user_id.encode(), value=published))
+                self.runtime.latest.put(lst.user_id, published)
                 m.list_published(
                     len(lst.items), trigger_ts.get(lst.trigger_event_id or ""), time.time() * 1000, lst.variant
                 )

@@ -15,7 +15,7 @@ from typing import Any
 from streams.supervision import ConsumerLoops
 from streams.tables import LocalTables
 from xrec.config import Settings
-from xrec.events import Limits, RecommendationList
+from xrec.events import Limits
 from xrec.metrics import XrecMetrics
 from xrec.pipeline import Encoder, Recommender
 from xrec.store.base import VectorStore
@@ -29,19 +29,23 @@ log = logging.getLogger(__name__)
 class LatestLists:
     """The most recent list per user this worker published, for ``GET /recommendations/{user}``.
 
-    Bounded; the compacted recommendations topic stays the source of truth for all users.
+    Bounded; the compacted recommendations topic stays the source of truth for all users. A list is kept
+    as the JSON it was published as: bytes are invisible to Python's garbage collector, while a
+    ``RecommendationList`` is eleven objects that every full collection walks (1.1M at capacity, a pause
+    of many milliseconds on the event loop each time).
     """
 
     capacity: int = 100_000
-    _lists: OrderedDict[str, RecommendationList | None] = field(default_factory=OrderedDict)
+    _lists: OrderedDict[str, bytes | None] = field(default_factory=OrderedDict)
 
-    def put(self, user_id: str, lst: RecommendationList | None) -> None:
-        self._lists[user_id] = lst
+    def put(self, user_id: str, published: bytes | None) -> None:
+        """``published``: the list's JSON as sent to the recommendations topic; None after ``forget_user``."""
+        self._lists[user_id] = published
         self._lists.move_to_end(user_id)
         if len(self._lists) > self.capacity:
             self._lists.popitem(last=False)
 
-    def get(self, user_id: str) -> RecommendationList | None:
+    def get(self, user_id: str) -> bytes | None:
         return self._lists.get(user_id)
 
 

@@ -20,13 +20,13 @@ def register_views(app: faust.App, runtime: Runtime, profiles: TableT) -> None:
         """The latest list this worker published for a user (404 if none since it started)."""
 
         async def get(self, request: Request, user_id: str) -> Response:
-            lst = runtime.latest.get(user_id)
-            if lst is None:
+            published = runtime.latest.get(user_id)
+            if published is None:
                 known = user_id.encode() in profiles
                 return self.json(
                     {"user_id": user_id, "error": "no list published by this worker yet", "profile": known}, status=404
                 )
-            return self.bytes(lst.to_json(), content_type="application/json")
+            return self.bytes(published, content_type="application/json")
 
     @app.page("/healthz")
     class HealthView(View):
