@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from streams.app import create_app
+from streams.collector import CollectorPauses, freeze_what_lives_forever
 from streams.runtime import Runtime, load_encoder
 from streams.supervision import EXIT_CONSUMER_FAILED
 from xrec.config import Settings
@@ -66,6 +67,8 @@ def run_worker(
         settings.web_port,
     )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    CollectorPauses(runtime.metrics).watch()
+    freeze_what_lives_forever()
     try:
         worker.execute_from_commandline()
     except SystemExit as done:

@@ -65,6 +65,8 @@ INVALID_REASON = "invalid_reason_code"
 _NAME_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 EVENT_TO_PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: The generations of CPython's garbage collector (2: full collections).
+GC_GENERATIONS = ("0", "1", "2")
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ENCODER_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -147,6 +149,13 @@ class XrecMetrics:
             "Each offset commit of the worker's consumer, from its start (Faust first flushes the producer) to the "
             "broker's answer. Lists never wait for it; after a crash, events are read again from the last one.",
             (),
+            STAGE_BUCKETS,
+        )
+        self.gc_pause_seconds = self._histogram(
+            "xrec_gc_pause_seconds",
+            "Each collection of Python's garbage collector, by generation (2: a full one). The worker stands still "
+            "meanwhile: nothing is read, applied or answered.",
+            ("generation",),
             STAGE_BUCKETS,
         )
         self.encoder_batch_size = self._histogram(
@@ -303,6 +312,8 @@ class XrecMetrics:
             self.stage.labels(stage=stage)
         for phase in BATCH_PHASES:
             self.batch_phase.labels(phase=phase)
+        for generation in GC_GENERATIONS:
+            self.gc_pause_seconds.labels(generation=generation)
         for kind in LANGUAGE_KINDS:
             for source in LANGUAGE_SOURCES:
                 self.languages.labels(kind=kind, source=source)
@@ -389,6 +400,10 @@ class XrecMetrics:
     def commit(self, seconds: float) -> None:
         """One offset commit took ``seconds``."""
         self.commit_seconds.observe(max(0.0, seconds))
+
+    def gc_pause(self, generation: int, seconds: float) -> None:
+        """Python's collector ran on ``generation`` for ``seconds``."""
+        self.gc_pause_seconds.labels(generation=str(generation)).observe(max(0.0, seconds))
 
     def batch_phase_seconds(self, phase: str, seconds: float) -> None:
         if phase not in BATCH_PHASES:

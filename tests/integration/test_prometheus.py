@@ -236,6 +236,8 @@ def test_prometheus_scrapes_the_worker_and_stores_every_xrec_metric(scraped: Scr
     assert prom.value('sum(xrec_events_total{outcome="processed"})') == 4.0
     assert prom.value("sum(xrec_events_total)") == 4.0  # four records read, each counted once
     assert prom.value("count(xrec_build_info == 1)") == 1.0
+    # The worker watches its garbage collector from the start: the full collection before it froze what lives forever.
+    assert worker.metrics().sum("xrec_gc_pause_seconds_count", generation="2") >= 1
     # Lag is per topic-partition of what the worker consumes, and everything produced was processed.
     wait_for(lambda: prom.value("sum(xrec_consumer_lag)") == 0.0, 60, "consumer lag back to 0")
     lag_topics = {s["metric"]["topic"] for s in prom.query("xrec_consumer_lag")}

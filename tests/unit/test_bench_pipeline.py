@@ -19,7 +19,13 @@ from xrec.bench.pipeline.cli import parse_levels, worker_counts
 from xrec.bench.pipeline.harness import Bench
 from xrec.bench.pipeline.inputs import synthetic_profiles
 from xrec.bench.pipeline.kafka_io import OutRecord, stamped_by
-from xrec.bench.pipeline.measures import coverage, fresh_rate_within, percentiles, summarize_collapsed
+from xrec.bench.pipeline.measures import (
+    batch_phases,
+    coverage,
+    fresh_rate_within,
+    percentiles,
+    summarize_collapsed,
+)
 from xrec.bench.pipeline.process import py_spy_argv, py_spy_format
 from xrec.bench.pipeline.report import format_table
 from xrec.bench.scale import format_scale
@@ -27,9 +33,11 @@ from xrec.bench.sessions import build_workload, load_amazon_sessions
 from xrec.config import Settings
 from xrec.errors import CommandError
 from xrec.events import Interaction
+from xrec.metrics import XrecMetrics
 from xrec.pipeline import Recommender
 from xrec.profile import ProfileParams, UserProfile
 from xrec.store import ItemPoint, open_store
+from xrec.worker_process import MetricSamples
 
 pytestmark = pytest.mark.unit
 
@@ -276,6 +284,25 @@ def test_the_fresh_rate_says_when_every_level_or_none_stays_within_it() -> None:
 def test_a_level_that_left_events_unanswered_is_not_within_the_limit_whatever_its_p99() -> None:
     fresh = fresh_rate_within([level(100.0, 20.0), level(200.0, 40.0, answered=97)])
     assert (fresh["bound"], fresh["events_per_s"]) == ("about", 100.0)
+
+
+def test_a_levels_batches_commits_and_collector_pauses_are_what_happened_between_two_readings() -> None:
+    metrics = XrecMetrics()
+    metrics.batch(9, apply=0.5)
+    before = MetricSamples.parse(metrics.render()[0].decode())
+    metrics.batch(2, apply=0.004, lists=0.010)
+    metrics.batch(4, apply=0.002, lists=0.020)
+    metrics.commit(0.006)
+    metrics.gc_pause(0, 0.001)
+    metrics.gc_pause(2, 0.030)
+    metrics.gc_pause(2, 0.010)
+    after = MetricSamples.parse(metrics.render()[0].decode())
+    b = batch_phases(before, after)
+    assert b["batches"] == 2 and b["events_per_batch"] == pytest.approx(3.0)
+    assert b["apply_ms"] == pytest.approx(3.0) and b["lists_ms"] == pytest.approx(15.0)
+    assert b["commits"] == 1 and b["commit_ms"] == pytest.approx(6.0)
+    assert b["full_gcs"] == 2 and b["full_gc_ms"] == pytest.approx(20.0)  # generation 2 only
+    assert b["gc_ms"] == pytest.approx(41.0)  # every generation's pauses
 
 
 def test_the_table_prints_the_fresh_rate_line() -> None:

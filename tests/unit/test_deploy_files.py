@@ -190,6 +190,7 @@ def test_the_dashboard_covers_throughput_latency_lag_dlq_encoder_store_lists_bat
         "xrec_worker_ready",
         "xrec_batch_seconds_sum",
         "xrec_commit_seconds_bucket",
+        "xrec_gc_pause_seconds_sum",
     ):
         assert name in used, name
 

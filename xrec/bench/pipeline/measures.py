@@ -93,7 +93,8 @@ def unanswered(
 def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
     """Where the worker's batches spent their time between two readings of its metrics: batches, mean
     events per batch, the mean seconds of each phase (``xrec_batch_seconds``) per batch, and the offset
-    commits made meanwhile with their mean duration (``xrec_commit_seconds``)."""
+    commits made meanwhile with their mean duration (``xrec_commit_seconds``), and the full collections of
+    Python's garbage collector with their mean pause, and all its pauses together (``xrec_gc_pause_seconds``)."""
     from xrec.metrics import BATCH_PHASES
 
     def delta(name: str, **labels: str) -> float:
@@ -110,6 +111,10 @@ def batch_phases(before: MetricSamples, after: MetricSamples) -> dict[str, Any]:
     commits = delta("xrec_commit_seconds_count")  # Faust's, on its own timer: per commit, not per batch
     out["commits"] = commits
     out["commit_ms"] = 1000.0 * delta("xrec_commit_seconds_sum") / commits if commits else math.nan
+    full = delta("xrec_gc_pause_seconds_count", generation="2")
+    out["full_gcs"] = full
+    out["full_gc_ms"] = 1000.0 * delta("xrec_gc_pause_seconds_sum", generation="2") / full if full else math.nan
+    out["gc_ms"] = 1000.0 * delta("xrec_gc_pause_seconds_sum")
     return out
 
 

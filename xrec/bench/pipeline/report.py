@@ -47,7 +47,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"= {sat['lists_per_s']:.0f}/s, {sat['seconds']:.1f}s), CPU {sat['cpu_s_per_1k_events']:.2f} s per 1k events, "
         f"{sat['cpu_util']:.2f} cores",
         "latency    offered        p50      p95      p99      max  to Kafka p50/p99  answered  cores  "
-        "per batch: events, fetch/queue/apply/lists/delivery ms; commits × ms",
+        "per batch: events, fetch/queue/apply/lists/delivery ms; commits × ms; full gc × ms (all gc ms)",
     ]
     for level in curve:
         ms, b = level["latency_ms"], level["batches"]
@@ -58,7 +58,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{ms['max']:>6.0f}ms  {to_kafka['p50']:>6.0f}/{to_kafka['p99']:<6.0f}ms  "
             f"{level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
             f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
-            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}; {b['commits']:.0f} × {b['commit_ms']:.1f}"
+            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}; {b['commits']:.0f} × {b['commit_ms']:.1f}; "
+            f"{b['full_gcs']:.0f} × {b['full_gc_ms']:.1f} ({b['gc_ms']:.0f})"
         )
     if curve:
         lines.append(f"           (latency: {latency_span(curve)}; to Kafka: the event's own write)")
