@@ -75,20 +75,26 @@ class ItemMeta:
 
 
 class ItemCache:
-    """Bounded LRU of item vectors in front of the store: hot items never cost a store call."""
+    """Bounded LRU of item vectors in front of the store: hot items never cost a store call.
+
+    An entry is a plain tuple of a vector, a string and an int, which Python's garbage collector stops
+    tracking after its first look: a full collection then never walks the cache (up to 100k items), where
+    an ``ItemMeta`` per entry would be walked every time, pausing the event loop.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, ItemMeta] = OrderedDict()
+        self._items: OrderedDict[str, tuple[np.ndarray, str, int]] = OrderedDict()
 
     def get(self, item_id: str) -> ItemMeta | None:
-        meta = self._items.get(item_id)
-        if meta is not None:
-            self._items.move_to_end(item_id)
-        return meta
+        entry = self._items.get(item_id)
+        if entry is None:
+            return None
+        self._items.move_to_end(item_id)
+        return ItemMeta(*entry)
 
     def put(self, item_id: str, meta: ItemMeta) -> None:
-        self._items[item_id] = meta
+        self._items[item_id] = (meta.vector, meta.lang, meta.ts)
         self._items.move_to_end(item_id)
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
