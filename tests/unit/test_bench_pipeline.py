@@ -5,6 +5,7 @@ No timings are asserted."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -305,38 +306,61 @@ def test_a_levels_batches_commits_and_collector_pauses_are_what_happened_between
     assert b["gc_ms"] == pytest.approx(41.0)  # every generation's pauses
 
 
+def test_a_level_without_a_full_collection_prints_zero_also_when_read_back_from_json() -> None:
+    batches = {"events_per_batch": 1.0, "commits": 3.0, "commit_ms": 5.0, "full_gcs": 0.0, "full_gc_ms": math.nan}
+    batches |= {"fetch_ms": 1.0, "queue_ms": 0.0, "apply_ms": 0.5, "lists_ms": 4.0, "delivery_ms": 1.0, "gc_ms": 0.4}
+    level = {
+        "percent_of_saturation": 10,
+        "offered_rate": 9.0,
+        "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
+        "producer_ms": {"p50": 1.0, "p99": 2.0},
+        "answered": 9,
+        "events": 9,
+        "cpu_util": 0.5,
+        "batches": batches,
+        "list_timestamps": "broker append",
+    }
+    result = table_input(load_curve=[level])
+    printed = format_table(orjson.loads(orjson.dumps(result)))  # NaN comes back from --json as null
+    assert "; 3 × 5.0; 0 (0)" in printed
+    assert printed == format_table(result)
+
+
+def table_input(load_curve: list[dict[str, object]], fresh: dict[str, object] | None = None) -> dict[str, object]:
+    """A result as ``format_table`` reads it, with one figure everywhere but the latency curve."""
+    return {
+        "workload": {"source": "s", "items": 1, "users": 1, "events": 1},
+        "catalog": {"load_s": 0.0, "optimize_s": 0.0, "search": "exact"},
+        "xrec": {
+            "saturation": {
+                "events_per_s": 1.0,
+                "covered": 1,
+                "lists": 1,
+                "lists_per_s": 1.0,
+                "seconds": 1.0,
+                "cpu_s_per_1k_events": 1.0,
+                "cpu_util": 1.0,
+            },
+            "load_curve": load_curve,
+            "fresh": fresh,
+            "memory": {
+                "profiles": 1,
+                "profile_bytes_mean": 1.0,
+                "profile_mb_per_100k": 1.0,
+                "rss_growth_mb": 1.0,
+                "rss_mb_per_100k_new_profiles": 1.0,
+            },
+        },
+        "naive": {"status": "not run"},
+        "review_mix": {"status": "not run"},
+        "machine": {"cpus": 2, "load_avg_at_start": [0.0], "load_avg_at_end": [0.0]},
+        "seconds": 1.0,
+    }
+
+
 def test_the_table_prints_the_fresh_rate_line() -> None:
     fresh = {"p99_ms": 100.0, "events_per_s": 251.4, "bound": "about"}
-    table = format_table(
-        {
-            "workload": {"source": "s", "items": 1, "users": 1, "events": 1},
-            "catalog": {"load_s": 0.0, "optimize_s": 0.0, "search": "exact"},
-            "xrec": {
-                "saturation": {
-                    "events_per_s": 1.0,
-                    "covered": 1,
-                    "lists": 1,
-                    "lists_per_s": 1.0,
-                    "seconds": 1.0,
-                    "cpu_s_per_1k_events": 1.0,
-                    "cpu_util": 1.0,
-                },
-                "load_curve": [],
-                "fresh": fresh,
-                "memory": {
-                    "profiles": 1,
-                    "profile_bytes_mean": 1.0,
-                    "profile_mb_per_100k": 1.0,
-                    "rss_growth_mb": 1.0,
-                    "rss_mb_per_100k_new_profiles": 1.0,
-                },
-            },
-            "naive": {"status": "not run"},
-            "review_mix": {"status": "not run"},
-            "machine": {"cpus": 2, "load_avg_at_start": [0.0], "load_avg_at_end": [0.0]},
-            "seconds": 1.0,
-        }
-    )
+    table = format_table(table_input(load_curve=[], fresh=fresh))
     assert "fresh      p99 within 100 ms up to about 251 fresh events/s" in table
 
 

@@ -29,6 +29,11 @@ def latency_span(levels: list[dict[str, Any]]) -> str:
     return "event sent → its list handed to the worker's producer"
 
 
+def times(count: float, mean_ms: float | None) -> str:
+    """``count × mean ms``, or ``0`` when nothing happened (whose mean is NaN, or null once read back from --json)."""
+    return f"{count:.0f} × {mean_ms:.1f}" if count else "0"
+
+
 def format_table(result: dict[str, Any]) -> str:
     if "scale" in result:
         from xrec.bench.scale import format_scale
@@ -58,8 +63,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{ms['max']:>6.0f}ms  {to_kafka['p50']:>6.0f}/{to_kafka['p99']:<6.0f}ms  "
             f"{level['answered']:>5}/{level['events']:<5} {level['cpu_util']:>5.2f}  "
             f"{b['events_per_batch']:.1f}, {b['fetch_ms']:.1f}/{b['queue_ms']:.1f}/{b['apply_ms']:.1f}/"
-            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}; {b['commits']:.0f} × {b['commit_ms']:.1f}; "
-            f"{b['full_gcs']:.0f} × {b['full_gc_ms']:.1f} ({b['gc_ms']:.0f})"
+            f"{b['lists_ms']:.1f}/{b['delivery_ms']:.1f}; {times(b['commits'], b['commit_ms'])}; "
+            f"{times(b['full_gcs'], b['full_gc_ms'])} ({b['gc_ms']:.0f})"
         )
     if curve:
         lines.append(f"           (latency: {latency_span(curve)}; to Kafka: the event's own write)")
