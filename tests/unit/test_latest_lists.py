@@ -40,7 +40,7 @@ def test_beyond_its_capacity_the_user_published_to_longest_ago_is_dropped() -> N
 
 
 def test_a_held_list_is_nothing_the_garbage_collector_walks() -> None:
-    """At capacity (100k users) held as objects, 1.1M objects for every full collection to walk."""
+    """At capacity (100k users) held as objects, 1.2M objects for every full collection to walk."""
     latest = LatestLists()
     latest.put("u1", published("u1", "a"))
     held = latest.get("u1")
